@@ -1,0 +1,166 @@
+"""The ``transferops`` command line: one subcommand per stage, plus ``run`` (the whole pipeline) and ``params``.
+
+Every subcommand is a thin door into the library: parse, build the config, call the stage's ``run``.
+Logging is configured here and nowhere else. Errors caused by input print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from transferops import __version__
+from transferops.config import DEFAULT_PARAMS, Config, dump_config, load_config
+from transferops.errors import TransferopsError
+
+log = logging.getLogger("transferops")
+
+STAGES = ("ingest", "pretrain", "finetune", "evaluate", "register")
+
+
+def setup_logging(verbose: bool) -> None:
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by mlflow when it is first imported
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("alembic", "mlflow", "urllib3", "botocore", "matplotlib", "PIL", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.params, args.set)
+
+
+def run_stage(name: str, cfg: Config, restart: bool = False):
+    """Run one stage with the MLflow tracker (the only place stage functions are looked up by name)."""
+    from transferops.stages import evaluate, finetune, ingest, pretrain, register
+    from transferops.tracking import make_tracker
+
+    tracker = make_tracker(cfg)
+    calls: dict[str, Callable] = {
+        "ingest": lambda: ingest.run(cfg, tracker),
+        "pretrain": lambda: pretrain.run(cfg, tracker, restart=restart),
+        "finetune": lambda: finetune.run(cfg, tracker, restart=restart),
+        "evaluate": lambda: evaluate.run(cfg, tracker),
+        "register": lambda: register.run(cfg, tracker),
+    }
+    return calls[name]()
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    run_stage(args.command, _config(args), restart=getattr(args, "restart", False))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The whole pipeline under one MLflow parent run: through ``dvc repro`` (default) or in-process."""
+    from transferops.summary import print_summary
+    from transferops.tracking import PARENT_ENV, MlflowTracker
+
+    cfg = _config(args)
+    if args.set and not args.direct:
+        raise TransferopsError(
+            "--set is for `run --direct`; under DVC use `dvc exp run -S key=value` (DVC tracks params.yaml)"
+        )
+    tracker = MlflowTracker(cfg.mlflow)
+    parent = tracker.start_pipeline_run("pipeline", cfg)
+    log.info("pipeline run %s (MLflow experiment %r)", parent, cfg.mlflow.experiment)
+    status = "FAILED"
+    try:
+        if args.direct:
+            os.environ[PARENT_ENV] = parent
+            for name in STAGES:
+                run_stage(name, cfg)
+        else:
+            # the dvc and transferops of this environment, whether or not it is activated
+            bindir = str(Path(sys.executable).parent)
+            dvc = str(Path(bindir) / "dvc") if (Path(bindir) / "dvc").exists() else "dvc"
+            cmd = [dvc, "repro"] + (["--force"] if args.force else [])
+            log.info("running: dvc repro%s", " --force" if args.force else "")
+            env = {**os.environ, PARENT_ENV: parent, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+            rc = subprocess.call(cmd, env=env)
+            if rc != 0:
+                raise TransferopsError(f"`{' '.join(cmd)}` failed with exit code {rc} (see the stage output above)")
+        status = "FINISHED"
+    finally:
+        tracker.end_pipeline_run(status)
+        os.environ.pop(PARENT_ENV, None)
+    print_summary(cfg, tracker.uri)
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    sys.stdout.write(dump_config(_config(args)))
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from transferops.summary import print_summary
+    from transferops.tracking import resolve_tracking_uri
+
+    cfg = _config(args)
+    print_summary(cfg, resolve_tracking_uri(cfg.mlflow))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default=DEFAULT_PARAMS, type=Path, help="params file (default: params.yaml)")
+    common.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param, e.g. --set finetune.epochs=2 (repeatable; values parsed as YAML)",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    parser = argparse.ArgumentParser(prog="transferops", description="Deep transfer learning pipeline.")
+    parser.add_argument("--version", action="version", version=f"transferops {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    docs = {
+        "ingest": "read, validate, split and shard the source and target datasets",
+        "pretrain": "train the model on the labelled source domain",
+        "finetune": "transfer the source model to the target domain with finetune.method",
+        "evaluate": "score on the target test split against the source-only and from-scratch baselines",
+        "register": "log to MLflow, register, alias challenger, promote to champion if the gate passes",
+    }
+    for name in STAGES:
+        p = sub.add_parser(name, parents=[common], help=docs[name], description=docs[name])
+        if name in ("pretrain", "finetune"):
+            p.add_argument("--restart", action="store_true", help="ignore a saved training state and start over")
+        p.set_defaults(func=cmd_stage)
+    p = sub.add_parser("run", parents=[common], help="run the whole pipeline (through dvc repro by default)")
+    p.add_argument("--direct", action="store_true", help="run the stages in this process instead of dvc repro")
+    p.add_argument("-f", "--force", action="store_true", help="re-run every stage (dvc repro --force)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("params", parents=[common], help="print the resolved, validated params")
+    p.set_defaults(func=cmd_params)
+    p = sub.add_parser("summary", parents=[common], help="print the summary of the last pipeline run")
+    p.set_defaults(func=cmd_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except TransferopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,466 @@
+"""The one place that reads ``params.yaml``.
+
+The file is parsed into frozen, typed dataclasses; every field has a default and a comment that says what it
+does. Unknown keys and wrong types are rejected with a one-line message naming the key, so a typo in a
+params file fails at once instead of silently training with a default. ``--set a.b=c`` overrides are parsed
+like ``dvc exp run -S``: the value is read as YAML (``2`` is an int, ``0.1`` a float, ``null`` is None).
+
+Nothing here touches the file system except :func:`load_config`, and nothing happens at import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from transferops.errors import ConfigError
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+# --------------------------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class BaseConfig:
+    """Settings shared by every stage."""
+
+    seed: int = 0
+    """Seeds python, numpy and torch; the same seed gives the same metrics on CPU."""
+    artifacts_dir: str = "artifacts"
+    """Root of every stage's outputs (relative paths are taken from the working directory)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    num_threads: int = 0
+    """torch intra-op threads on CPU; 0 keeps torch's default (one per core)."""
+    deterministic: bool = True
+    """Ask torch for deterministic kernels (slower on GPU, required for bit-identical resume)."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_threads >= 0, "num_threads", "an int >= 0", self.num_threads)
+        _check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "base.device",
+            "auto, cpu, cuda or cuda:N",
+            self.device,
+        )
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How one dataset is cut into splits; every split is stratified by class and seeded."""
+
+    test_fraction: float = 0.3
+    """Share of each class held out for the final test."""
+    val_per_class: int = 5
+    """Images per class kept for model selection (best checkpoint, early stopping)."""
+    labels_per_class: int | None = None
+    """Labelled training images per class; null = all that remain. The rest becomes the ``unlabeled`` split."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.test_fraction < 1.0, "test_fraction", "a float in [0, 1)", self.test_fraction)
+        _check(self.val_per_class >= 0, "val_per_class", "an int >= 0", self.val_per_class)
+        _check(
+            self.labels_per_class is None or self.labels_per_class >= 0,
+            "labels_per_class",
+            "null or an int >= 0",
+            self.labels_per_class,
+        )
+
+
+DatasetKind = Literal["synthetic_digits", "sklearn_digits", "image_folder", "torchvision"]
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Where one domain's images come from."""
+
+    kind: DatasetKind = "synthetic_digits"
+    """synthetic_digits (rendered from fonts), sklearn_digits (bundled handwritten digits), image_folder
+    (a class-per-sub-folder tree, a .zip/.tar archive of one, or an s3:// prefix), torchvision (a built-in
+    dataset by ``name`` under ``path``)."""
+    path: str = ""
+    """image_folder: folder, archive or s3:// URL. torchvision: the root the dataset was downloaded to."""
+    name: str = ""
+    """torchvision dataset name: MNIST, FashionMNIST, USPS, SVHN, CIFAR10, CIFAR100."""
+    download: bool = False
+    """torchvision: download into ``path`` when missing (needs a network)."""
+    samples_per_class: int = 300
+    """synthetic_digits: images rendered per class."""
+    fonts_dir: str = "/usr/share/fonts/truetype"
+    """synthetic_digits: TrueType fonts found under here are used, plus Pillow's built-in font."""
+    max_per_class: int = 0
+    """Cap on images read per class (0 = no cap); handy to subsample a large dataset."""
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.samples_per_class > 0, "samples_per_class", "an int > 0", self.samples_per_class)
+        _check(self.max_per_class >= 0, "max_per_class", "an int >= 0", self.max_per_class)
+        needs_path = self.kind in ("image_folder", "torchvision")
+        _check(not needs_path or bool(self.path), "path", f"a path for kind={self.kind}", self.path)
+        _check(self.kind != "torchvision" or bool(self.name), "name", "a torchvision dataset name", self.name)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Reading, validating and sharding the source and target datasets."""
+
+    image_size: int = 28
+    """Every image is resized to image_size x image_size."""
+    channels: int = 1
+    """1 (grayscale) or 3 (RGB); images are converted on ingest."""
+    shard_size: int = 4096
+    """Images per shard file (few large files keep DVC and S3 fast)."""
+    on_leakage: Literal["fail", "warn"] = "warn"
+    """Identical images in the test split and a training split: fail ingest, or warn in the report."""
+    min_per_class: int = 1
+    """A class with fewer images than this fails ingest (an empty class folder always does)."""
+    class_map: dict[str, str] = field(default_factory=dict)
+    """Renames target classes onto source classes (e.g. {"zero": "0"}) when their names differ."""
+    source: DatasetConfig = field(default_factory=lambda: DatasetConfig(split=SplitConfig(0.0, 30, None)))
+    target: DatasetConfig = field(
+        default_factory=lambda: DatasetConfig(kind="sklearn_digits", split=SplitConfig(0.3, 5, 1))
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 8, "image_size", "an int >= 8", self.image_size)
+        _check(self.channels in (1, 3), "channels", "1 or 3", self.channels)
+        _check(self.shard_size > 0, "shard_size", "an int > 0", self.shard_size)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: a small CPU-friendly CNN or a torchvision backbone."""
+
+    name: str = "smallcnn"
+    """smallcnn, or a torchvision classification model: resnet18, resnet34, resnet50, mobilenet_v3_small, ..."""
+    weights: str = "none"
+    """Initial weights for pretrain: none, a torchvision enum (ResNet18_Weights.IMAGENET1K_V1, looked up in
+    TORCH_HOME) or a local checkpoint path."""
+    width: int = 32
+    """smallcnn: channels of the first block (doubled per block)."""
+    dropout: float = 0.1
+    """Dropout before the classifier head."""
+
+    def __post_init__(self) -> None:
+        _check(self.width > 0, "width", "an int > 0", self.width)
+        _check(0.0 <= self.dropout < 1.0, "dropout", "a float in [0, 1)", self.dropout)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """An optimisation budget; shared by pretrain, finetune and the from-scratch baseline."""
+
+    epochs: int = 5
+    batch_size: int = 64
+    steps_per_epoch: int = 0
+    """Optimizer steps per epoch; 0 = one pass over the labelled training split. Set it when that split is
+    tiny (few labels per class), otherwise an epoch is a single step."""
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    """adamw, adam or sgd (momentum 0.9, nesterov)."""
+    scheduler: str = "cosine"
+    """cosine (with linear warm-up), constant or step."""
+    warmup_steps: int = 0
+    label_smoothing: float = 0.0
+    augment: bool = True
+    """Random affine jitter of training batches (rotation, scale, shift, shear)."""
+    select_best: bool = True
+    """Keep the weights of the epoch with the best validation accuracy, not the last."""
+    early_stopping_patience: int = 0
+    """Stop after this many epochs without validation improvement; 0 = never."""
+    checkpoint_every_steps: int = 0
+    """Also save the full training state every N steps (it is always saved at epoch ends), so a preempted run
+    loses at most N steps; 0 = epoch ends only."""
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size"):
+            _check(getattr(self, key) > 0, key, "an int > 0", getattr(self, key))
+        for key in ("steps_per_epoch", "warmup_steps", "early_stopping_patience", "checkpoint_every_steps"):
+            _check(getattr(self, key) >= 0, key, "an int >= 0", getattr(self, key))
+        _check(self.lr > 0, "lr", "a float > 0", self.lr)
+        _check(self.weight_decay >= 0, "weight_decay", "a float >= 0", self.weight_decay)
+        _check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "a float in [0, 1)", self.label_smoothing)
+
+
+@dataclass(frozen=True)
+class PretrainConfig(TrainConfig):
+    """Training on the labelled source domain."""
+
+
+# ---- transfer methods: one typed sub-section per method; the strategy of the same name reads it
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every transfer method's own settings."""
+
+    reinit_head: bool = False
+    """Start from a fresh classifier head even when the source and target classes are the same."""
+
+
+@dataclass(frozen=True)
+class LinearProbeConfig(MethodConfig):
+    """Feature extraction: the source backbone is frozen and only a new head trains."""
+
+    reinit_head: bool = True
+
+
+@dataclass(frozen=True)
+class FinetuneMethodConfig(MethodConfig):
+    """Full or partial fine-tuning of the source model."""
+
+    backbone_lr_mult: float = 0.1
+    """Backbone learning rate = lr * backbone_lr_mult (discriminative learning rates)."""
+    freeze_stages: int = 0
+    """Freeze the first N backbone stages (0 = train everything)."""
+
+    def __post_init__(self) -> None:
+        _check(self.backbone_lr_mult >= 0, "backbone_lr_mult", "a float >= 0", self.backbone_lr_mult)
+        _check(self.freeze_stages >= 0, "freeze_stages", "an int >= 0", self.freeze_stages)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(TrainConfig):
+    """Transfer from the source checkpoint to the target domain."""
+
+    epochs: int = 6
+    steps_per_epoch: int = 25
+    lr: float = 1e-3
+    method: str = "finetune"
+    """The transfer method; its settings are the sub-section of the same name below."""
+    linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    finetune: FinetuneMethodConfig = field(default_factory=FinetuneMethodConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        methods = method_names()
+        _check(self.method in methods, "method", f"one of {', '.join(methods)}", self.method)
+
+    @property
+    def method_config(self) -> MethodConfig:
+        """The settings of the selected method."""
+        return getattr(self, self.method)
+
+
+def method_names() -> list[str]:
+    """Names of the methods that have a typed sub-section in ``finetune``."""
+    hints = typing.get_type_hints(FinetuneConfig)
+    return sorted(
+        f.name
+        for f in dataclasses.fields(FinetuneConfig)
+        if isinstance(hints[f.name], type) and issubclass(hints[f.name], MethodConfig)
+    )
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Scoring on the target test split, and the baselines it is compared with."""
+
+    ece_bins: int = 15
+    """Equal-width confidence bins of the expected calibration error and the reliability diagram."""
+    from_scratch_baseline: bool = True
+    """Train the same architecture on the labelled target only, with the finetune budget."""
+    source_only_baseline: bool = True
+    """Score the source model with its source head (only when both domains share their class names)."""
+
+    def __post_init__(self) -> None:
+        _check(self.ece_bins > 0, "ece_bins", "an int > 0", self.ece_bins)
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """The MLflow model registry and the promotion gate."""
+
+    model_name: str = "transferops-digits"
+    challenger_alias: str = "challenger"
+    champion_alias: str = "champion"
+    min_accuracy: float = 0.5
+    """Absolute floor: a candidate below it is never promoted."""
+    min_delta: float = 0.0
+    """Promote when accuracy >= champion accuracy + min_delta, both scored now on the same test split;
+    a negative value tolerates a small drop (e.g. -0.01), a positive one demands a real improvement."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model_name), "model_name", "a non-empty name", self.model_name)
+        _check(0.0 <= self.min_accuracy <= 1.0, "min_accuracy", "a float in [0, 1]", self.min_accuracy)
+        _check(-1.0 <= self.min_delta <= 1.0, "min_delta", "a float in [-1, 1]", self.min_delta)
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """Experiment tracking."""
+
+    tracking_uri: str = ""
+    """Empty: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory."""
+    experiment: str = "transferops"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved configuration of a pipeline run."""
+
+    base: BaseConfig = field(default_factory=BaseConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (what is saved beside checkpoints and logged to MLflow)."""
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable short hash of some sections: identifies 'the same config' for resume and caching."""
+        data = {name: dataclasses.asdict(getattr(self, name)) for name in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------- parsing
+def _check(ok: bool, key: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {got!r}")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert it (nested dataclasses included)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping (section), got {value!r}")
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(kt, str(k), f"{key}.{k}"): _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
+    if origin is list:
+        (it,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(it, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected int, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected float, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected str, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp!r}")  # a bug in this module, not in params
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"unknown key {where!r} (expected one of: {', '.join(names)})")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], f"{prefix}.{name}" if prefix else name)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        # field checks name their key relative to the section: make it absolute
+        raise ConfigError(f"{prefix}.{exc}" if prefix else str(exc)) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], yaml-parsed value), as ``dvc exp run -S`` reads it."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc.problem})") from None
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with every ``a.b=c`` override applied (missing sections are created)."""
+    out = json.loads(json.dumps(data))
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def config_from_dict(data: dict[str, Any] | None, overrides: list[str] | None = None) -> Config:
+    """Build and validate a :class:`Config` from a parsed params mapping plus overrides."""
+    data = apply_overrides(data or {}, overrides or [])
+    return _build(Config, data)
+
+
+def load_config(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> Config:
+    """Read a params file, apply ``--set`` overrides and validate; errors name the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML (saved beside every checkpoint)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

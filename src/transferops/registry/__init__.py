@@ -1,0 +1,1 @@
+"""Model registry workflow: the promotion gate, alias moves with history, rollback."""

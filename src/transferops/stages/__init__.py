@@ -1,0 +1,1 @@
+"""Pipeline stages: one ``run(cfg, tracker) -> StageResult`` per file."""

@@ -1,0 +1,79 @@
+"""What every stage shares: its result type, all-or-nothing output directories, JSON files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transferops.config import Config, dump_config
+from transferops.training.checkpoint import atomic_write_text
+from transferops.training.seeding import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    """What a stage returns to its caller (CLI, DVC, kfp component) and writes as ``result.json``."""
+
+    stage: str
+    outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: Path) -> Iterator[Path]:
+    """Yield a scratch directory that replaces ``out_dir`` only when the block succeeds.
+
+    A stage that fails half-way leaves no output directory at all (a previous complete one is removed
+    first), so neither a later stage nor ``dvc repro`` can mistake partial outputs for finished ones.
+    """
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.rename(out_dir)
+
+
+def start_stage(cfg: Config) -> None:
+    """Seed and configure torch for a stage (called at the top of every ``run``)."""
+    import torch
+
+    seed_everything(cfg.base.seed, cfg.base.deterministic)
+    if cfg.base.num_threads:
+        torch.set_num_threads(cfg.base.num_threads)
+
+
+def save_resolved_config(cfg: Config, out_dir: Path) -> None:
+    (Path(out_dir) / "params.resolved.yaml").write_text(dump_config(cfg))

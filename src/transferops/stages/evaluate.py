@@ -1,0 +1,109 @@
+"""Stage 4, evaluate: score the transferred model on the target test split, against two baselines.
+
+- ``source_only_accuracy``: the pretrained model with its source head, no target labels (null when the two
+  domains' class sets differ);
+- ``from_scratch_accuracy``: the same architecture trained on the labelled target only, same budget;
+- ``transfer_gain`` = accuracy - from_scratch_accuracy.
+
+Outputs (``artifacts/evaluate``): ``metrics.json``, ``confusion_matrix.png``, ``reliability.png``,
+``predictions.csv`` and ``calibration.csv`` (for ``dvc plots``), ``result.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from transferops.config import Config
+from transferops.data.shards import load_split, read_manifest
+from transferops.evaluation import plots
+from transferops.evaluation.metrics import classification_report
+from transferops.lineage import file_sha256, lineage
+from transferops.models.io import load_model
+from transferops.paths import Paths
+from transferops.stages.common import StageResult, save_resolved_config, staged_output, start_stage, write_json
+from transferops.stages.finetune import from_scratch
+from transferops.tracking import NullTracker
+from transferops.training.loop import accuracy, predict
+from transferops.training.seeding import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
+    """Score the finetuned model and the baselines on the target test split; write metrics and plots."""
+    tracker = tracker or NullTracker()
+    start_stage(cfg)
+    paths = Paths.from_config(cfg)
+    device = resolve_device(cfg.base.device)
+    target = read_manifest(paths.target_data)
+    classes = target["classes"]
+    test = load_split(paths.target_data, "test")
+    model, ckpt = load_model(paths.target_model)
+    with tracker.stage_run("evaluate", cfg):
+        probs = predict(model.to(device), test, device=device)
+        report = classification_report(probs, test.labels, classes, cfg.evaluate.ece_bins)
+        source_only = None
+        if cfg.evaluate.source_only_baseline:
+            source_model, source_ckpt = load_model(paths.source_model)
+            if source_ckpt["classes"] == classes:
+                source_only = accuracy(source_model.to(device), test, device)
+        scratch = None
+        if cfg.evaluate.from_scratch_baseline:
+            start_stage(cfg)  # the baseline draws the same random streams whatever ran before it
+            scratch = accuracy(from_scratch(cfg).to(device), test, device)
+        metrics = {
+            "accuracy": report["accuracy"],
+            "macro_f1": report["macro_f1"],
+            "ece": report["ece"],
+            "nll": report["nll"],
+            "source_only_accuracy": source_only,
+            "from_scratch_accuracy": scratch,
+            "transfer_gain": None if scratch is None else report["accuracy"] - scratch,
+            "n_test": len(test),
+            "labels_per_class": cfg.ingest.target.split.labels_per_class,
+            "method": cfg.finetune.method,
+            "per_class_accuracy": report["per_class_accuracy"],
+        }
+        lin = lineage(
+            cfg,
+            target_version=target["version"],
+            model_sha256=file_sha256(paths.target_model),
+            method=cfg.finetune.method,
+            source_version=ckpt["lineage"].get("source_version"),
+        )
+        with staged_output(paths.stage("evaluate")) as out:
+            preds = probs.argmax(1)
+            plots.confusion_matrix_png(
+                report["confusion_matrix"],
+                classes,
+                out / "confusion_matrix.png",
+                f"{cfg.finetune.method}: target test accuracy {report['accuracy']:.3f}",
+            )
+            plots.reliability_png(report["calibration"], report["ece"], out / "reliability.png")
+            plots.predictions_csv(test.labels, preds, classes, out / "predictions.csv")
+            plots.calibration_csv(report["calibration"], out / "calibration.csv")
+            write_json(out / "metrics.json", metrics)
+            save_resolved_config(cfg, out)
+            result = StageResult(
+                "evaluate", {"metrics": str(paths.stage("evaluate") / "metrics.json")}, metrics, tracker.run_id, lin
+            )
+            write_json(out / "result.json", result.to_dict())
+            tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
+            tracker.log_metrics({f"class_{c}_accuracy": a for c, a in report["per_class_accuracy"].items()})
+            for name in ("confusion_matrix.png", "reliability.png", "metrics.json"):
+                tracker.log_artifact(out / name, "evaluation")
+    log.info(
+        "evaluate: accuracy %.4f (source-only %s, from-scratch %s, gain %s), macro-F1 %.4f, ECE %.4f on %d test images",
+        metrics["accuracy"],
+        _fmt(source_only),
+        _fmt(scratch),
+        _fmt(metrics["transfer_gain"]),
+        metrics["macro_f1"],
+        metrics["ece"],
+        len(test),
+    )
+    return result
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"

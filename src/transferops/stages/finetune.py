@@ -1,0 +1,130 @@
+"""Stage 3, finetune: transfer the source model to the target domain with the method ``finetune.method``.
+
+The method is a strategy object from :mod:`transferops.transfer`; this stage only wires data and budget.
+Outputs (``artifacts/finetune``): ``model.pt``, ``metrics.json``, ``history.json``, ``result.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from transferops.config import Config, TrainConfig
+from transferops.data.shards import Split, load_split, read_manifest
+from transferops.lineage import file_sha256, lineage
+from transferops.models import TransferNet, create_model
+from transferops.models.io import load_model, save_model
+from transferops.paths import Paths
+from transferops.stages.common import StageResult, save_resolved_config, staged_output, start_stage, write_json
+from transferops.tracking import NullTracker
+from transferops.training.loop import FitResult, train
+from transferops.training.seeding import resolve_device
+from transferops.transfer import Strategy, get_strategy
+
+log = logging.getLogger(__name__)
+
+
+def stream_data(paths: Paths, strategy: Strategy) -> dict[str, Split]:
+    """The splits behind each batch stream a strategy asks for."""
+    where = {
+        "labeled": (paths.target_data, "labeled"),
+        "unlabeled": (paths.target_data, "unlabeled"),
+        "source": (paths.source_data, "labeled"),
+    }
+    return {name: load_split(*where[name]) for name in strategy.streams}
+
+
+def fit_on_target(
+    cfg: Config,
+    model: TransferNet,
+    strategy: Strategy,
+    train_cfg: TrainConfig,
+    same_classes: bool,
+    log_metrics=None,
+    desc: str = "finetune",
+    state_path: Path | None = None,
+    restart: bool = False,
+) -> FitResult:
+    """Prepare ``model`` with ``strategy`` and train it on the target data (selection on target ``val``)."""
+    paths = Paths.from_config(cfg)
+    manifest = read_manifest(paths.target_data)
+    strategy.prepare(model, len(manifest["classes"]), same_classes)
+    config_hash = cfg.section_hash("base", "model", "pretrain", "finetune") + manifest["version"]
+    return train(
+        model,
+        strategy,
+        train_cfg,
+        stream_data(paths, strategy),
+        load_split(paths.target_data, "val"),
+        cfg.base.seed,
+        resolve_device(cfg.base.device),
+        state_path,
+        config_hash,
+        log_metrics,
+        desc,
+        restart,
+    )
+
+
+def from_scratch(cfg: Config, log_metrics=None) -> TransferNet:
+    """The baseline transfer must beat: the same architecture trained only on the labelled target data.
+
+    Same budget as finetune (epochs, steps, batch, augmentation, selection) with the from-scratch learning
+    rate of pretrain, since no weights are being preserved.
+    """
+    manifest = read_manifest(Paths.from_config(cfg).target_data)
+    model = create_model(
+        cfg.model.name, len(manifest["classes"]), "none", cfg.ingest.channels, cfg.model.width, cfg.model.dropout
+    )
+    budget = replace(cfg.finetune, lr=cfg.pretrain.lr)
+    fit_on_target(
+        cfg, model, Strategy(label_smoothing=budget.label_smoothing), budget, True, log_metrics, "from_scratch"
+    )
+    return model.eval()
+
+
+def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) -> StageResult:
+    """Load the source checkpoint and transfer it to the target with the configured method."""
+    tracker = tracker or NullTracker()
+    start_stage(cfg)
+    paths = Paths.from_config(cfg)
+    target = read_manifest(paths.target_data)
+    model, source_ckpt = load_model(paths.source_model)
+    same = source_ckpt["classes"] == target["classes"]
+    strategy = get_strategy(cfg.finetune.method, cfg.finetune.method_config, cfg.finetune.label_smoothing)
+    lin = lineage(
+        cfg,
+        source_version=source_ckpt["lineage"].get("source_version"),
+        target_version=target["version"],
+        source_checkpoint_sha256=file_sha256(paths.source_model),
+        method=strategy.name,
+    )
+    log.info(
+        "finetune: method %s, %s classes (%s source classes)",
+        strategy.name,
+        len(target["classes"]),
+        "same" if same else "different",
+    )
+    with tracker.stage_run("finetune", cfg, {"transferops.method": strategy.name}):
+        fit = fit_on_target(
+            cfg, model, strategy, cfg.finetune, same, tracker.log_metrics, "finetune", paths.state("finetune"), restart
+        )
+        metrics = {
+            "val_accuracy": fit.best_val_accuracy if cfg.finetune.select_best else fit.history[-1]["val_accuracy"],
+            "best_epoch": fit.best_epoch,
+            "steps": fit.steps,
+            "seconds": round(fit.seconds, 2),
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        }
+        with staged_output(paths.stage("finetune")) as out:
+            save_model(out / "model.pt", model, cfg, target["classes"], lin)
+            write_json(out / "metrics.json", metrics)
+            write_json(out / "history.json", fit.history)
+            save_resolved_config(cfg, out)
+            result = StageResult("finetune", {"model": str(paths.target_model)}, metrics, tracker.run_id, lin)
+            write_json(out / "result.json", result.to_dict())
+        tracker.log_metrics({k: v for k, v in metrics.items() if k != "best_epoch"})
+        tracker.log_artifact(paths.target_model, "checkpoint")
+    log.info("finetune done: target val accuracy %.4f in %.1fs", metrics["val_accuracy"], fit.seconds)
+    return result

@@ -1,0 +1,161 @@
+"""Experiment tracking behind a small interface: MLflow in the pipeline, a null tracker in unit tests.
+
+The tracking URI is resolved when a tracker is constructed, never at import: ``mlflow.tracking_uri`` in params,
+else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working directory with artifacts under
+``./mlruns``. One pipeline execution is one parent run; each stage is a nested run under it. Stages run as
+separate processes under DVC, so the parent's id travels in ``$TRANSFEROPS_PARENT_RUN_ID``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from transferops.config import Config, MlflowConfig, dump_config
+from transferops.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "TRANSFEROPS_PARENT_RUN_ID"
+DEFAULT_DB = "mlflow.db"
+
+
+def resolve_tracking_uri(cfg: MlflowConfig) -> str:
+    """params -> environment -> local sqlite file in the working directory."""
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (MLflow params are flat)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class NullTracker:
+    """Records nothing; lets the library run without MLflow (unit tests, quick experiments)."""
+
+    run_id: str | None = None
+    parent_run_id: str | None = None
+
+    @contextlib.contextmanager
+    def stage_run(self, stage: str, cfg: Config, tags: dict[str, str] | None = None) -> Iterator[NullTracker]:
+        yield self
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_dict(self, data: dict[str, Any], name: str) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+
+class MlflowTracker(NullTracker):
+    """MLflow-backed tracker; see the module docstring for how the URI and parent run are chosen."""
+
+    def __init__(self, cfg: MlflowConfig, parent_run_id: str | None = None) -> None:
+        import mlflow
+
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        self.mlflow = mlflow
+        self.uri = resolve_tracking_uri(cfg)
+        mlflow.set_tracking_uri(self.uri)
+        self.experiment_id = self._experiment(cfg.experiment)
+        self.parent_run_id = parent_run_id or os.environ.get(PARENT_ENV) or None
+        self.run_id: str | None = None
+
+    def _experiment(self, name: str) -> str:
+        client = self.mlflow.MlflowClient()
+        try:
+            exp = client.get_experiment_by_name(name)
+            if exp is not None:
+                return exp.experiment_id
+            location = None
+            if self.uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in ./mlruns of any cwd
+                location = (Path(self.uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
+            return client.create_experiment(name, artifact_location=location)
+        except Exception as exc:  # network errors arrive as MlflowException or requests errors
+            raise TrackingError(
+                f"{safe_uri(self.uri)}: MLflow tracking server unreachable or refused ({_first_line(exc)})"
+            ) from None
+
+    def start_pipeline_run(self, name: str, cfg: Config) -> str:
+        """Create the parent run of one pipeline execution; returns its id (left open)."""
+        client = self.mlflow.MlflowClient()
+        run = client.create_run(self.experiment_id, run_name=name, tags={"transferops.kind": "pipeline"})
+        self.parent_run_id = run.info.run_id
+        for key, value in flatten(cfg.to_dict()).items():
+            client.log_param(self.parent_run_id, key, value)
+        return self.parent_run_id
+
+    def end_pipeline_run(self, status: str = "FINISHED") -> None:
+        if self.parent_run_id:
+            self.mlflow.MlflowClient().set_terminated(self.parent_run_id, status)
+
+    @contextlib.contextmanager
+    def stage_run(self, stage: str, cfg: Config, tags: dict[str, str] | None = None) -> Iterator[MlflowTracker]:
+        """A run for one stage, nested under the pipeline's parent run when there is one."""
+        all_tags = {"transferops.stage": stage, **(tags or {})}
+        if self.parent_run_id:
+            all_tags["mlflow.parentRunId"] = self.parent_run_id
+        with self.mlflow.start_run(experiment_id=self.experiment_id, run_name=stage, tags=all_tags) as run:
+            self.run_id = run.info.run_id
+            self.mlflow.log_params(flatten(cfg.to_dict()))
+            self.mlflow.log_text(dump_config(cfg), "config/params.resolved.yaml")
+            try:
+                yield self
+            finally:
+                self.run_id = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and v == v}
+        if clean:
+            self.mlflow.log_metrics(clean, step=step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.mlflow.log_artifact(str(path), artifact_path)
+
+    def log_dict(self, data: dict[str, Any], name: str) -> None:
+        self.mlflow.log_text(json.dumps(data, indent=2, default=str), name)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.mlflow.set_tags(tags)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def safe_uri(uri: str) -> str:
+    """Drop any user:password@ from a URI before it is printed."""
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
+
+
+def make_tracker(cfg: Config, enabled: bool = True) -> NullTracker:
+    """The tracker the stages use: MLflow unless disabled."""
+    return MlflowTracker(cfg.mlflow) if enabled else NullTracker()
