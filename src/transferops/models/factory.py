@@ -221,7 +221,10 @@ def load_weights(model: TransferNet, state_dict: dict[str, torch.Tensor], source
     own = model.state_dict()
     head_ok = all(k in state_dict and state_dict[k].shape == own[k].shape for k in ("head.weight", "head.bias"))
     wanted = {k: v for k, v in state_dict.items() if head_ok or not k.startswith("head.")}
-    missing, unexpected = model.load_state_dict(wanted, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(wanted, strict=False)
+    except RuntimeError as exc:  # shape mismatches: another architecture or width
+        raise CheckpointError(f"{source}: weights do not fit model ({str(exc).splitlines()[1].strip()})") from None
     missing = [k for k in missing if head_ok or not k.startswith("head.")]
     if missing or unexpected:
         raise CheckpointError(

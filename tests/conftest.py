@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny but complete config that runs the whole pipeline on CPU in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from transferops.config import Config, config_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "ingest.source.samples_per_class=40",
+    "ingest.source.split.val_per_class=4",
+    "ingest.target.split.labels_per_class=2",
+    "ingest.target.split.val_per_class=3",
+    "ingest.target.split.test_fraction=0.2",
+    "model.width=8",
+    "pretrain.epochs=3",
+    "pretrain.lr=0.01",
+    "pretrain.batch_size=32",
+    "finetune.epochs=2",
+    "finetune.steps_per_epoch=4",
+    "register.min_accuracy=0.1",
+]
+
+
+def tiny_dict(tmp_path: Path) -> dict:
+    """params.yaml as shipped, made tiny, writing under ``tmp_path``."""
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    from transferops.config import apply_overrides
+
+    return apply_overrides(
+        data,
+        TINY
+        + [f"base.artifacts_dir={tmp_path / 'artifacts'}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"],
+    )
+
+
+@pytest.fixture
+def tiny_params(tmp_path: Path) -> Path:
+    """A tiny params file in a temp dir (its artifacts and MLflow store live there too)."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_dict(tmp_path), sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> Config:
+    return config_from_dict(tiny_dict(tmp_path))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """No test reads the developer's MLflow settings or writes into the repo."""
+    for var in ("MLFLOW_TRACKING_URI", "TRANSFEROPS_PARENT_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "WARNING")
+    monkeypatch.chdir(tmp_path)
+    yield
+    os.environ.pop("TRANSFEROPS_PARENT_RUN_ID", None)

@@ -1,0 +1,214 @@
+import struct
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transferops.config import DatasetConfig, SplitConfig
+from transferops.data import archive
+from transferops.data.readers import read_dataset
+from transferops.data.shards import load_split, read_manifest, stratified_split, write_dataset
+from transferops.data.synthetic import render_digits
+from transferops.errors import DataError
+
+FONTS = "/usr/share/fonts/truetype"
+
+
+def test_synthetic_digits_are_deterministic_and_vary_with_seed():
+    a, la, classes = render_digits(3, 28, FONTS, seed=1)
+    b, lb, _ = render_digits(3, 28, FONTS, seed=1)
+    c, _, _ = render_digits(3, 28, FONTS, seed=2)
+    assert a.shape == (30, 1, 28, 28) and a.dtype == np.uint8
+    assert classes == [str(d) for d in range(10)]
+    assert np.array_equal(a, b) and np.array_equal(la, lb)
+    assert not np.array_equal(a, c)
+    assert np.bincount(la).tolist() == [3] * 10
+    # white ink on a dark background, like the handwritten target
+    assert a.mean() < 90 and a.max() > 200
+
+
+def test_synthetic_digits_fall_back_to_pillow_font_without_font_files(tmp_path):
+    images, _, _ = render_digits(1, 16, str(tmp_path / "no-fonts"), seed=0)
+    assert images.shape == (10, 1, 16, 16) and images.max() > 100
+
+
+def test_sklearn_target_is_resized_real_digits():
+    ds = read_dataset(DatasetConfig(kind="sklearn_digits"), 28, 1, 0)
+    assert ds.images.shape == (1797, 1, 28, 28)
+    assert ds.classes == [str(d) for d in range(10)]
+    assert np.bincount(ds.labels).min() >= 170
+
+
+def test_stratified_split_is_disjoint_stratified_and_seeded():
+    labels = np.repeat(np.arange(4), 20)
+    split = SplitConfig(test_fraction=0.25, val_per_class=3, labels_per_class=2)
+    s = stratified_split(labels, 4, split, seed=0)
+    assert {k: len(v) for k, v in s.items()} == {"labeled": 8, "unlabeled": 40, "val": 12, "test": 20}
+    for name in ("labeled", "val", "test"):
+        assert np.bincount(labels[s[name]], minlength=4).tolist() == [len(s[name]) // 4] * 4
+    everything = np.concatenate(list(s.values()))
+    assert sorted(everything.tolist()) == list(range(80))
+    again = stratified_split(labels, 4, split, seed=0)
+    other = stratified_split(labels, 4, split, seed=1)
+    assert all(np.array_equal(s[k], again[k]) for k in s)
+    assert not np.array_equal(s["test"], other["test"])
+
+
+def test_split_refuses_more_labels_than_a_class_has():
+    labels = np.repeat(np.arange(2), 5)
+    with pytest.raises(DataError, match="labels_per_class too large"):
+        stratified_split(labels, 2, SplitConfig(0.2, 1, 10), seed=0)
+
+
+def test_shards_round_trip_and_detect_tampering(tmp_path):
+    images = np.random.default_rng(0).integers(0, 255, (50, 1, 8, 8), dtype=np.uint8)
+    labels = np.repeat(np.arange(5), 10)
+    splits = stratified_split(labels, 5, SplitConfig(0.2, 2, None), seed=0)
+    m = write_dataset(tmp_path / "d", images, labels, list("abcde"), splits, shard_size=7)
+    assert [sh["count"] for sh in m["splits"]["labeled"]["shards"]] == [7, 7, 7, 7, 2]  # 30 images, shards of 7
+    got = load_split(tmp_path / "d", "labeled")
+    assert np.array_equal(got.images, images[splits["labeled"]])
+    assert np.array_equal(got.labels, labels[splits["labeled"]])
+    # same data -> same version; a flipped byte -> a clear error naming the shard
+    m2 = write_dataset(tmp_path / "e", images, labels, list("abcde"), splits, shard_size=7)
+    assert m2["version"] == m["version"] == read_manifest(tmp_path / "d")["version"]
+    shard = tmp_path / "d" / m["splits"]["test"]["shards"][0]["images"]
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=f"{shard.name}: sha256 does not match"):
+        load_split(tmp_path / "d", "test")
+    with pytest.raises(DataError, match="run `transferops ingest` first"):
+        load_split(tmp_path / "missing", "test")
+
+
+def _image_folder(root: Path, classes=("cat", "dog"), n=3, size=(12, 10)) -> Path:
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / c / f"{i}.png")
+    return root
+
+
+def test_image_folder_reads_classes_resizes_and_converts(tmp_path):
+    root = _image_folder(tmp_path / "data")
+    ds = read_dataset(DatasetConfig(kind="image_folder", path=str(root)), 16, 1, 0)
+    assert ds.classes == ["cat", "dog"]
+    assert ds.images.shape == (6, 1, 16, 16)
+    assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    rgb = read_dataset(DatasetConfig(kind="image_folder", path=str(root)), 16, 3, 0)
+    assert rgb.images.shape == (6, 3, 16, 16)
+
+
+@pytest.mark.parametrize(
+    ("make_bad", "needle"),
+    [
+        (lambda d: (d / "cat" / "x.png").write_bytes(b"not a png at all"), "x.png: corrupt or unreadable image"),
+        (lambda d: (d / "cat" / "z.png").write_bytes(b""), "z.png: zero-byte file"),
+        (lambda d: (d / "cat" / "notes.txt").write_text("hello"), "notes.txt: not an image file"),
+        (lambda d: (d / "empty").mkdir(), "empty: empty class folder"),
+    ],
+)
+def test_bad_image_folders_fail_with_the_file_named(tmp_path, make_bad, needle):
+    root = _image_folder(tmp_path / "data")
+    make_bad(root)
+    with pytest.raises(DataError) as e:
+        read_dataset(DatasetConfig(kind="image_folder", path=str(root)), 16, 1, 0)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="image folder not found"):
+        read_dataset(DatasetConfig(kind="image_folder", path=str(tmp_path / "nope")), 16, 1, 0)
+
+
+def test_zip_and_tar_archives_are_read_like_folders(tmp_path):
+    root = _image_folder(tmp_path / "data")
+    zpath = tmp_path / "data.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for f in sorted(root.rglob("*.png")):
+            zf.write(f, f"data/{f.relative_to(root)}")
+    tpath = tmp_path / "data.tar.gz"
+    with tarfile.open(tpath, "w:gz") as tf:
+        tf.add(root, arcname=".")
+    folder = read_dataset(DatasetConfig(kind="image_folder", path=str(root)), 16, 1, 0)
+    for path in (zpath, tpath):
+        ds = read_dataset(DatasetConfig(kind="image_folder", path=str(path)), 16, 1, 0)
+        assert ds.classes == folder.classes
+        assert np.array_equal(ds.images, folder.images)
+
+
+@pytest.mark.parametrize("name", ["../evil.png", "/abs/evil.png", "a/../../evil.png"])
+def test_zip_slip_is_refused_and_nothing_written(tmp_path, name):
+    zpath = tmp_path / "evil.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("ok/a.png", b"x")
+        zf.writestr(name, b"x")
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(DataError, match="escape the extraction dir"):
+        archive.safe_extract(zpath, dest)
+    assert list(dest.iterdir()) == []
+    assert not (tmp_path / "evil.png").exists()
+
+
+def test_tar_symlink_is_refused(tmp_path):
+    tpath = tmp_path / "evil.tar"
+    with tarfile.open(tpath, "w") as tf:
+        info = tarfile.TarInfo("cls/link.png")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/etc/passwd"
+        tf.addfile(info)
+    with pytest.raises(DataError, match="is a link"):
+        archive.safe_extract(tpath, tmp_path / "out")
+
+
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    magic = {3: 0x0803, 1: 0x0801}[arr.ndim]
+    with open(path, "wb") as f:
+        f.write(struct.pack(">I", magic))
+        for d in arr.shape:
+            f.write(struct.pack(">I", d))
+        f.write(arr.astype(np.uint8).tobytes())
+
+
+def test_torchvision_mnist_is_read_from_files_in_its_format(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 20), ("t10k", 10)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    ds = read_dataset(DatasetConfig(kind="torchvision", name="MNIST", path=str(tmp_path)), 20, 1, 0)
+    assert ds.images.shape == (30, 1, 20, 20)
+    assert ds.classes == [str(d) for d in range(10)]
+    assert np.bincount(ds.labels).tolist() == [3] * 10
+
+
+def test_torchvision_missing_dataset_says_where_to_put_it(tmp_path):
+    with pytest.raises(DataError) as e:
+        read_dataset(DatasetConfig(kind="torchvision", name="MNIST", path=str(tmp_path)), 28, 1, 0)
+    assert str(tmp_path) in str(e.value) and "download" in str(e.value)
+    with pytest.raises(DataError, match="expected one of MNIST"):
+        read_dataset(DatasetConfig(kind="torchvision", name="ImageNet22k", path=str(tmp_path)), 28, 1, 0)
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    from transferops.data import readers
+
+    root = _image_folder(tmp_path / "data", size=(40, 40))
+    monkeypatch.setattr(readers, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(DataError, match="possible decompression bomb"):
+        read_dataset(DatasetConfig(kind="image_folder", path=str(root)), 16, 1, 0)
+
+
+def test_max_per_class_caps_deterministically():
+    spec = DatasetConfig(kind="sklearn_digits", max_per_class=7)
+    a = read_dataset(spec, 8, 1, 0)
+    assert np.bincount(a.labels).tolist() == [7] * 10
+    assert np.array_equal(a.images, read_dataset(spec, 8, 1, 0).images)
