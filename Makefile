@@ -41,7 +41,7 @@ lint: $(STAMP)
 
 ## benchmarks print figures; they assert nothing about speed
 bench: $(STAMP)
-	$(BIN)/python -m transferops.bench.seeds --seeds 3
+	$(BIN)/transferops benchmark seeds --seeds 3
 
 ## re-resolve requirements.in into requirements.lock (needs the package index)
 lock:

@@ -111,6 +111,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_seeds(args: argparse.Namespace) -> int:
+    from transferops.bench import seeds, seeds_markdown
+
+    report = seeds(_config(args), args.seeds, args.out)
+    print(seeds_markdown(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default=DEFAULT_PARAMS, type=Path, help="params file (default: params.yaml)")
@@ -142,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direct", action="store_true", help="run the stages in this process instead of dvc repro")
     p.add_argument("-f", "--force", action="store_true", help="re-run every stage (dvc repro --force)")
     p.set_defaults(func=cmd_run)
+    bench = sub.add_parser("benchmark", help="benchmarks that print figures").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("seeds", parents=[common], help="the pipeline over several seeds: accuracy, baselines, gain")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="report directory (default reports/)")
+    p.set_defaults(func=cmd_bench_seeds)
     p = sub.add_parser("params", parents=[common], help="print the resolved, validated params")
     p.set_defaults(func=cmd_params)
     p = sub.add_parser("summary", parents=[common], help="print the summary of the last pipeline run")
