@@ -119,6 +119,50 @@ def cmd_bench_seeds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_methods(args: argparse.Namespace) -> int:
+    from transferops.bench import DEFAULT_CURVE, methods, methods_markdown
+    from transferops.tracking import make_tracker
+
+    cfg = _config(args)
+    names = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    curve = tuple(int(k) for k in args.curve.split(",")) if args.curve else DEFAULT_CURVE
+    report = methods(cfg, args.seeds, names, curve, args.out, make_tracker(cfg, enabled=not args.no_mlflow))
+    print(methods_markdown(report))
+    return 0
+
+
+def _pipelines():
+    """Import the top-level ``pipelines`` package from the checkout this CLI runs in."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (root / "pipelines" / "transfer_pipeline.py").is_file():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            from pipelines import transfer_pipeline
+
+            return transfer_pipeline
+    raise TransferopsError("pipelines/transfer_pipeline.py not found: run from the transferops checkout")
+
+
+def _arguments(args: argparse.Namespace) -> dict:
+    return {"overrides": list(args.set)} if args.set else {}
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    p = _pipelines()
+    load_config(args.params)  # validate first: a bad params file fails here with its one-line message
+    if args.action == "compile":
+        print(p.compile_pipeline(args.params, args.out or p.DEFAULT_OUT))
+    elif args.action == "run-local":
+        p.run_local(args.params, args.pipeline_root, _arguments(args), cache=args.cache)
+    elif args.action == "submit":
+        run = p.submit(args.host, args.params, _arguments(args), args.experiment)
+        print(f"submitted run {run.run_id}")
+    elif args.action == "schedule":
+        job = p.schedule(args.host, args.params, args.cron, args.experiment, arguments=_arguments(args))
+        print(f"scheduled recurring run {getattr(job, 'recurring_run_id', job)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default=DEFAULT_PARAMS, type=Path, help="params file (default: params.yaml)")
@@ -150,11 +194,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direct", action="store_true", help="run the stages in this process instead of dvc repro")
     p.add_argument("-f", "--force", action="store_true", help="re-run every stage (dvc repro --force)")
     p.set_defaults(func=cmd_run)
-    bench = sub.add_parser("benchmark", help="benchmarks that print figures").add_subparsers(dest="bench", required=True)
+    bench = sub.add_parser("benchmark", help="benchmarks that print figures").add_subparsers(
+        dest="bench", required=True
+    )
     p = bench.add_parser("seeds", parents=[common], help="the pipeline over several seeds: accuracy, baselines, gain")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     p.add_argument("--out", type=Path, default=Path("reports"), help="report directory (default reports/)")
     p.set_defaults(func=cmd_bench_seeds)
+    p = bench.add_parser("methods", parents=[common], help="every transfer method on the same data and budget")
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds (default 5)")
+    p.add_argument("--methods", default="", help="comma-separated subset (default: all)")
+    p.add_argument("--curve", default="", help="labels per class of the label-efficiency curve (default 0,1,2,5,10)")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="report directory (default reports/)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the benchmark to MLflow")
+    p.set_defaults(func=cmd_bench_methods)
+    pipe = sub.add_parser("pipeline", help="the Kubeflow Pipelines DAG: compile, run-local, submit, schedule")
+    pipe = pipe.add_subparsers(dest="action", required=True)
+    p = pipe.add_parser(
+        "compile", parents=[common], help="write the IR YAML (default pipelines/transfer_pipeline.yaml)"
+    )
+    p.add_argument("--out", type=Path, default=None)
+    p = pipe.add_parser("run-local", parents=[common], help="run the DAG with kfp.local in this environment")
+    p.add_argument("--pipeline-root", type=Path, default=Path("artifacts/kfp-local"))
+    p.add_argument("--cache", action="store_true", help="enable kfp.local caching")
+    for action in ("submit", "schedule"):
+        p = pipe.add_parser(action, parents=[common], help=f"{action} on a KFP server (kfp.Client)")
+        p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+        p.add_argument("--experiment", default="transferops")
+        if action == "schedule":
+            p.add_argument("--cron", default=None, help='6-field cron, seconds first (default kfp.cron: "0 0 3 * * *")')
+    for p in pipe.choices.values():
+        p.set_defaults(func=cmd_pipeline)
     p = sub.add_parser("params", parents=[common], help="print the resolved, validated params")
     p.set_defaults(func=cmd_params)
     p = sub.add_parser("summary", parents=[common], help="print the summary of the last pipeline run")

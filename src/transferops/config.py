@@ -173,7 +173,9 @@ class TrainConfig:
     augment: bool = True
     """Random affine jitter of training batches (rotation, scale, shift, shear)."""
     select_best: bool = True
-    """Keep the weights of the epoch with the best validation accuracy, not the last."""
+    """Keep the weights of the epoch with the best validation accuracy, not the last. In finetune this uses
+    the labelled target val split only when the target has labelled training images: with none (k = 0,
+    unsupervised adaptation) the last epoch is kept, so model selection never peeks at target labels."""
     early_stopping_patience: int = 0
     """Stop after this many epochs without validation improvement; 0 = never."""
     checkpoint_every_steps: int = 0
@@ -209,6 +211,9 @@ class LinearProbeConfig(MethodConfig):
     """Feature extraction: the source backbone is frozen and only a new head trains."""
 
     reinit_head: bool = True
+    cache_features: bool = True
+    """Run the frozen backbone once over the data and train the head on cached features (no augmentation);
+    false: a forward pass through the backbone every step, with augmentation."""
 
 
 @dataclass(frozen=True)
@@ -217,12 +222,113 @@ class FinetuneMethodConfig(MethodConfig):
 
     backbone_lr_mult: float = 0.1
     """Backbone learning rate = lr * backbone_lr_mult (discriminative learning rates)."""
+    layer_decay: float = 1.0
+    """Layer-wise decay: stage i of n trains at backbone lr * layer_decay^(n-1-i); 1 = the same for all."""
     freeze_stages: int = 0
     """Freeze the first N backbone stages (0 = train everything)."""
+    unfreeze_every: int = 0
+    """Gradual unfreezing: start with the backbone frozen and unfreeze one more stage, from the top, every N
+    epochs (0 = off)."""
 
     def __post_init__(self) -> None:
         _check(self.backbone_lr_mult >= 0, "backbone_lr_mult", "a float >= 0", self.backbone_lr_mult)
+        _check(0 < self.layer_decay <= 1, "layer_decay", "a float in (0, 1]", self.layer_decay)
         _check(self.freeze_stages >= 0, "freeze_stages", "an int >= 0", self.freeze_stages)
+        _check(self.unfreeze_every >= 0, "unfreeze_every", "an int >= 0", self.unfreeze_every)
+
+
+@dataclass(frozen=True)
+class L2SPConfig(MethodConfig):
+    """Fine-tuning regularised towards the source weights: alpha/2 ||w - w0||^2 + beta/2 ||w_head||^2."""
+
+    alpha: float = 0.01
+    """Strength of the pull of the shared (backbone) weights back to their source values."""
+    beta: float = 0.01
+    """Plain L2 on the parameters that are new (a fresh head); the source head is treated as shared."""
+    backbone_lr_mult: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key in ("alpha", "beta", "backbone_lr_mult"):
+            _check(getattr(self, key) >= 0, key, "a float >= 0", getattr(self, key))
+
+
+@dataclass(frozen=True)
+class KDConfig(MethodConfig):
+    """Knowledge distillation: CE + alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))."""
+
+    alpha: float = 0.5
+    temperature: float = 4.0
+    teacher: str = ""
+    """Teacher checkpoint path; empty = the source model (needs the same classes as the target)."""
+    student: str = ""
+    """Student architecture (a model name); empty = a copy of the source model fine-tuned as the student."""
+    distill_unlabeled: bool = True
+    """Also distil on unlabelled target images (the teacher labels them softly)."""
+
+    def __post_init__(self) -> None:
+        _check(self.alpha >= 0, "alpha", "a float >= 0", self.alpha)
+        _check(self.temperature > 0, "temperature", "a float > 0", self.temperature)
+
+
+@dataclass(frozen=True)
+class JointConfig(MethodConfig):
+    """One model trained on alpha * L_source + (1 - alpha) * L_target."""
+
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.alpha <= 1, "alpha", "a float in [0, 1]", self.alpha)
+
+
+@dataclass(frozen=True)
+class AdaptationConfig(MethodConfig):
+    """Unsupervised domain adaptation: labelled source + unlabelled target (+ labelled target when k > 0)."""
+
+    trade_off: float = 1.0
+    """Weight of the domain-alignment term."""
+    target_weight: float = 1.0
+    """Weight of the cross-entropy on labelled target images, when there are any."""
+
+    def __post_init__(self) -> None:
+        _check(self.trade_off >= 0, "trade_off", "a float >= 0", self.trade_off)
+        _check(self.target_weight >= 0, "target_weight", "a float >= 0", self.target_weight)
+
+
+@dataclass(frozen=True)
+class DANNConfig(AdaptationConfig):
+    """Domain-adversarial training: gradient reversal into a domain discriminator."""
+
+    hidden: int = 256
+    """Width of the discriminator's hidden layers."""
+    schedule_gamma: float = 10.0
+    """GRL coefficient lambda(p) = 2 / (1 + exp(-gamma p)) - 1 over training progress p."""
+    discriminator_lr_mult: float = 1.0
+
+
+@dataclass(frozen=True)
+class MMDConfig(AdaptationConfig):
+    """DAN: multi-kernel maximum mean discrepancy between source and target features."""
+
+    kernel_multipliers: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
+    """Gaussian kernel bandwidths as multiples of the batch's mean squared distance."""
+
+
+@dataclass(frozen=True)
+class CoralConfig(AdaptationConfig):
+    """Deep CORAL: squared Frobenius distance between source and target feature covariances / (4 d^2)."""
+
+    trade_off: float = 10.0
+
+
+@dataclass(frozen=True)
+class MCCConfig(AdaptationConfig):
+    """Minimum class confusion on unlabelled target predictions."""
+
+    temperature: float = 2.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.temperature > 0, "temperature", "a float > 0", self.temperature)
 
 
 @dataclass(frozen=True)
@@ -236,6 +342,13 @@ class FinetuneConfig(TrainConfig):
     """The transfer method; its settings are the sub-section of the same name below."""
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     finetune: FinetuneMethodConfig = field(default_factory=FinetuneMethodConfig)
+    l2sp: L2SPConfig = field(default_factory=L2SPConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+    joint: JointConfig = field(default_factory=JointConfig)
+    dann: DANNConfig = field(default_factory=DANNConfig)
+    mmd: MMDConfig = field(default_factory=MMDConfig)
+    coral: CoralConfig = field(default_factory=CoralConfig)
+    mcc: MCCConfig = field(default_factory=MCCConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -302,6 +415,73 @@ class MlflowConfig:
 
 
 @dataclass(frozen=True)
+class TolerationConfig:
+    key: str = "nvidia.com/gpu"
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str = ""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""] = "NoSchedule"
+
+
+@dataclass(frozen=True)
+class NodePoolConfig:
+    """Where and with what resources a group of Kubeflow tasks runs."""
+
+    accelerator_type: str = ""
+    """e.g. nvidia.com/gpu; empty = no accelerator."""
+    accelerator_limit: int = 0
+    cpu_request: str = "1"
+    cpu_limit: str = "2"
+    memory_request: str = "2Gi"
+    memory_limit: str = "4Gi"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[TolerationConfig] = field(default_factory=list)
+    shm_size: str = ""
+    """Size of an in-memory emptyDir mounted at /dev/shm (DataLoader workers need more than the default)."""
+
+
+@dataclass(frozen=True)
+class SecretConfig:
+    """A Kubernetes secret whose keys become environment variables of every task."""
+
+    name: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    """secret key -> environment variable name."""
+
+
+@dataclass(frozen=True)
+class KfpConfig:
+    """The Kubeflow Pipelines DAG: node pools, retries, caching, secrets, schedule."""
+
+    pipeline_name: str = "transferops-transfer"
+    gpu: NodePoolConfig = field(
+        default_factory=lambda: NodePoolConfig(
+            "nvidia.com/gpu", 1, "4", "8", "16Gi", "32Gi", {}, [TolerationConfig()], "8Gi"
+        )
+    )
+    """pretrain, finetune, evaluate."""
+    cpu: NodePoolConfig = field(default_factory=NodePoolConfig)
+    """ingest, register."""
+    retries: int = 3
+    """Retries of the GPU tasks (spot nodes get preempted; training resumes from its checkpoint)."""
+    backoff_duration: str = "60s"
+    backoff_factor: float = 2.0
+    cache_ingest: bool = True
+    cache_training: bool = True
+    """Cache pretrain/finetune/evaluate: the cache key is their inputs (params and upstream artifacts)."""
+    secrets: list[SecretConfig] = field(default_factory=list)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    cron: str = "0 0 3 * * *"
+    """Recurring runs: KFP's 6-field cron (seconds first)."""
+    max_concurrency: int = 1
+    catchup: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.retries >= 0, "retries", "an int >= 0", self.retries)
+        _check(len(self.cron.split()) == 6, "cron", "a 6-field cron expression (seconds first)", self.cron)
+        _check(self.max_concurrency >= 1, "max_concurrency", "an int >= 1", self.max_concurrency)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole resolved configuration of a pipeline run."""
 
@@ -313,6 +493,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    kfp: KfpConfig = field(default_factory=KfpConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what is saved beside checkpoints and logged to MLflow)."""

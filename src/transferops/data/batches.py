@@ -53,8 +53,11 @@ class BatchStream:
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float32 in [0, 1]; models normalise internally."""
-    return images.float().div_(255.0)
+    """uint8 images (N, C, H, W) -> float32 in [0, 1] (models normalise internally); float inputs, such as
+    cached features, pass through unchanged."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
 
 
 def augment(x: torch.Tensor, seed: int, step: int) -> torch.Tensor:

@@ -76,3 +76,8 @@ def history(client, name: str) -> list[dict[str, Any]]:
     tags = client.get_registered_model(name).tags
     keys = sorted((k for k in tags if k.startswith(EVENT_PREFIX)), key=lambda k: int(k[len(EVENT_PREFIX) :]))
     return [json.loads(tags[k]) for k in keys]
+
+
+def passes_floor(cfg, accuracy: float) -> bool:
+    """The part of the gate that needs no registry: accuracy >= register.min_accuracy (the DAG's dsl.If)."""
+    return accuracy >= cfg.register.min_accuracy

@@ -50,7 +50,8 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
         scratch = None
         if cfg.evaluate.from_scratch_baseline:
             start_stage(cfg)  # the baseline draws the same random streams whatever ran before it
-            scratch = accuracy(from_scratch(cfg).to(device), test, device)
+            baseline = from_scratch(cfg)
+            scratch = None if baseline is None else accuracy(baseline.to(device), test, device)
         metrics = {
             "accuracy": report["accuracy"],
             "macro_f1": report["macro_f1"],

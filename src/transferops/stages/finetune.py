@@ -10,6 +10,8 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from transferops.config import Config, TrainConfig
 from transferops.data.shards import Split, load_split, read_manifest
 from transferops.lineage import file_sha256, lineage
@@ -20,19 +22,19 @@ from transferops.stages.common import StageResult, save_resolved_config, staged_
 from transferops.tracking import NullTracker
 from transferops.training.loop import FitResult, train
 from transferops.training.seeding import resolve_device
-from transferops.transfer import Strategy, get_strategy
+from transferops.transfer import Strategy, TransferContext, get_strategy
 
 log = logging.getLogger(__name__)
 
 
 def stream_data(paths: Paths, strategy: Strategy) -> dict[str, Split]:
-    """The splits behind each batch stream a strategy asks for."""
+    """The splits behind each batch stream a strategy asks for (required and optional)."""
     where = {
         "labeled": (paths.target_data, "labeled"),
         "unlabeled": (paths.target_data, "unlabeled"),
         "source": (paths.source_data, "labeled"),
     }
-    return {name: load_split(*where[name]) for name in strategy.streams}
+    return {name: load_split(*where[name]) for name in (*strategy.streams, *strategy.optional_streams)}
 
 
 def fit_on_target(
@@ -46,19 +48,35 @@ def fit_on_target(
     state_path: Path | None = None,
     restart: bool = False,
 ) -> FitResult:
-    """Prepare ``model`` with ``strategy`` and train it on the target data (selection on target ``val``)."""
+    """Prepare ``model`` with ``strategy`` and train it on the target data.
+
+    Model selection uses the labelled target val split only when the target has labelled training images;
+    with none (unsupervised adaptation, k = 0) the last epoch is kept and no target label is ever read.
+    """
     paths = Paths.from_config(cfg)
     manifest = read_manifest(paths.target_data)
-    strategy.prepare(model, len(manifest["classes"]), same_classes)
+    device = resolve_device(cfg.base.device)
+    ctx = TransferContext(len(manifest["classes"]), same_classes, paths.source_model, device)
+    strategy.prepare(model, ctx)
+    data = stream_data(paths, strategy)
+    has_labels = manifest["splits"]["labeled"]["count"] > 0
+    val = load_split(paths.target_data, "val")
+    if not has_labels:
+        val = Split(val.images[:0], val.labels[:0])
+    module: torch.nn.Module = model
+    space = strategy.feature_space(model, data, val, device)
+    if space is not None:  # e.g. a linear probe on cached features: no per-step backbone, no augmentation
+        module, data, val = space
+        train_cfg = replace(train_cfg, augment=False)
     config_hash = cfg.section_hash("base", "model", "pretrain", "finetune") + manifest["version"]
     return train(
-        model,
+        module,
         strategy,
         train_cfg,
-        stream_data(paths, strategy),
-        load_split(paths.target_data, "val"),
+        data,
+        val,
         cfg.base.seed,
-        resolve_device(cfg.base.device),
+        device,
         state_path,
         config_hash,
         log_metrics,
@@ -67,13 +85,15 @@ def fit_on_target(
     )
 
 
-def from_scratch(cfg: Config, log_metrics=None) -> TransferNet:
+def from_scratch(cfg: Config, log_metrics=None) -> TransferNet | None:
     """The baseline transfer must beat: the same architecture trained only on the labelled target data.
 
     Same budget as finetune (epochs, steps, batch, augmentation, selection) with the from-scratch learning
-    rate of pretrain, since no weights are being preserved.
+    rate of pretrain, since no weights are being preserved. None when the target has no labelled images.
     """
     manifest = read_manifest(Paths.from_config(cfg).target_data)
+    if manifest["splits"]["labeled"]["count"] == 0:
+        return None
     model = create_model(
         cfg.model.name, len(manifest["classes"]), "none", cfg.ingest.channels, cfg.model.width, cfg.model.dropout
     )
@@ -111,7 +131,10 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
             cfg, model, strategy, cfg.finetune, same, tracker.log_metrics, "finetune", paths.state("finetune"), restart
         )
         metrics = {
-            "val_accuracy": fit.best_val_accuracy if cfg.finetune.select_best else fit.history[-1]["val_accuracy"],
+            "val_accuracy": _none_if_nan(
+                fit.best_val_accuracy if cfg.finetune.select_best else fit.history[-1]["val_accuracy"]
+            ),
+            "labels_per_class": target["splits"]["labeled"]["count"] // max(1, len(target["classes"])),
             "best_epoch": fit.best_epoch,
             "steps": fit.steps,
             "seconds": round(fit.seconds, 2),
@@ -126,5 +149,15 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
             write_json(out / "result.json", result.to_dict())
         tracker.log_metrics({k: v for k, v in metrics.items() if k != "best_epoch"})
         tracker.log_artifact(paths.target_model, "checkpoint")
-    log.info("finetune done: target val accuracy %.4f in %.1fs", metrics["val_accuracy"], fit.seconds)
+    val = metrics["val_accuracy"]
+    log.info(
+        "finetune done in %.1fs: %s",
+        fit.seconds,
+        "no target labels read (k = 0)" if val is None else f"target val accuracy {val:.4f}",
+    )
     return result
+
+
+def _none_if_nan(x: float) -> float | None:
+    """No target val split is read at k = 0: report null rather than NaN (not valid JSON)."""
+    return None if x != x else x

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,7 +31,9 @@ from transferops.errors import CheckpointError, TrainingError
 from transferops.models import TransferNet
 from transferops.training.checkpoint import load_checkpoint, save_checkpoint
 from transferops.training.seeding import rng_state, set_rng_state
-from transferops.transfer import Strategy
+
+if TYPE_CHECKING:
+    from transferops.transfer import Strategy
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,16 @@ def predict(model: nn.Module, split: Split, batch_size: int = 512, device: torch
     if not probs:
         return np.empty((0, 0), dtype=np.float32)
     return torch.cat(probs).numpy()
+
+
+@torch.no_grad()
+def predict_features(model: TransferNet, split: Split, batch_size: int = 512, device: torch.device | str = "cpu"):
+    """Backbone features (N, D) of a split as a float32 numpy array, in eval mode (what a linear probe caches)."""
+    was_training = model.training
+    model.eval()
+    feats = [model.features(x.to(device)).cpu() for x, _ in iterate(split, batch_size)]
+    model.train(was_training)
+    return torch.cat(feats).numpy() if feats else np.empty((0, model.feature_dim), dtype=np.float32)
 
 
 def accuracy(model: nn.Module, split: Split, device: torch.device | str = "cpu") -> float:
@@ -126,6 +138,7 @@ class Trainer:
         missing = [s for s in strategy.streams if s not in streams]
         if missing:
             raise TrainingError(f"method {strategy.name!r} needs data splits {missing} that are empty or absent")
+        self.active = list(strategy.streams) + [s for s in strategy.optional_streams if s in streams]
         self.model, self.strategy, self.cfg = model.to(device), strategy, cfg
         self.extra = strategy.modules().to(device)
         self.streams, self.val, self.device, self.seed = streams, val, device, seed
@@ -192,7 +205,7 @@ class Trainer:
     # ---------------------------------------------------------------------------------- loop
     def _batches(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         out = {}
-        for i, name in enumerate(self.strategy.streams):
+        for i, name in enumerate(self.active):
             x, y = self.streams[name].batch(self.step)
             x = x.to(self.device, non_blocking=True)
             if self.cfg.augment:
@@ -201,6 +214,7 @@ class Trainer:
         return out
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        self.strategy.on_epoch_start(self.model, epoch)
         self.strategy.train_mode(self.model)
         start = self.step - epoch * self.steps_per_epoch
         bar = tqdm(

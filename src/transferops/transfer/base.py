@@ -1,15 +1,18 @@
 """The transfer-method interface and its registry.
 
 A transfer method is three decisions: how the source model is prepared (head swap, frozen parts, extra
-modules), which parameters train at what learning rate, and what the loss is (cross-entropy plus any extra
-terms). :class:`Strategy` holds exactly those three hooks; the training loop in
-:mod:`transferops.training.loop` knows nothing about any particular method. A new method is a subclass
-decorated with :func:`register` and a typed sub-section in ``finetune`` (see :mod:`transferops.config`).
+modules such as a domain discriminator or a teacher), which parameters train at what learning rate, and what
+the loss is (cross-entropy plus any extra terms). :class:`Strategy` holds exactly those hooks; the training
+loop in :mod:`transferops.training.loop` knows nothing about any particular method. A new method is a
+subclass decorated with :func:`register` plus a typed sub-section of the same name in ``finetune`` (see
+:mod:`transferops.config`); a test checks the two registries match.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -17,10 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferops.config import MethodConfig
+from transferops.data.shards import Split
 from transferops.errors import ConfigError
 from transferops.models import TransferNet
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TransferContext:
+    """What a strategy may need to know when it prepares the model."""
+
+    num_classes: int
+    same_classes: bool
+    """The target's class names equal the source's, in the same order (the source head is meaningful)."""
+    source_model: Path | None = None
+    device: torch.device = torch.device("cpu")
 
 
 class Strategy:
@@ -31,32 +46,43 @@ class Strategy:
 
     name: ClassVar[str] = "supervised"
     streams: ClassVar[tuple[str, ...]] = ("labeled",)
-    """Batch streams the loss needs each step: ``labeled`` (the domain being trained), and for domain
-    adaptation methods ``source`` (labelled source) and ``unlabeled`` (unlabelled target)."""
+    """Batch streams the loss needs every step: ``labeled`` (labelled target, or the source in pretrain),
+    ``source`` (labelled source), ``unlabeled`` (unlabelled target). The first one sets the epoch length."""
+    optional_streams: ClassVar[tuple[str, ...]] = ()
+    """Streams used when their split is not empty (e.g. labelled target for domain adaptation with k > 0)."""
+    uses_target_labels: ClassVar[bool] = True
 
     def __init__(self, cfg: MethodConfig | None = None, label_smoothing: float = 0.0) -> None:
         self.cfg = cfg or MethodConfig()
         self.label_smoothing = label_smoothing
+        self.extra = nn.ModuleDict()
 
     # -- 1. preparation
-    def prepare(self, model: TransferNet, num_classes: int, same_classes: bool) -> None:
+    def prepare(self, model: TransferNet, ctx: TransferContext) -> None:
         """Adapt the source model to the target task: by default keep the head when the classes match."""
-        if self.cfg.reinit_head or not same_classes or model.num_classes != num_classes:
-            model.reset_head(num_classes)
+        if self.cfg.reinit_head or not ctx.same_classes or model.num_classes != ctx.num_classes:
+            model.reset_head(ctx.num_classes)
 
     def modules(self) -> nn.ModuleDict:
-        """Extra trainable modules (e.g. a domain discriminator); saved and restored with the model."""
-        return nn.ModuleDict()
+        """Extra trainable modules (e.g. a domain discriminator); saved and restored with the training state."""
+        return self.extra
 
     def train_mode(self, model: TransferNet) -> None:
         """Put modules in train mode (methods with a frozen backbone keep its BatchNorm statistics)."""
         model.train()
-        self.modules().train()
+        self.extra.train()
+
+    def on_epoch_start(self, model: TransferNet, epoch: int) -> None:
+        """Called before every epoch (e.g. gradual unfreezing)."""
+
+    def feature_space(self, model: TransferNet, data: dict[str, Split], val: Split, device: torch.device):
+        """Optionally move training into feature space: return (module to train, data, val) or None."""
+        return None
 
     # -- 2. what trains, at what learning rate
     def param_groups(self, model: TransferNet, lr: float) -> list[dict[str, Any]]:
         params = [p for p in model.parameters() if p.requires_grad]
-        extra = [p for p in self.modules().parameters() if p.requires_grad]
+        extra = [p for p in self.extra.parameters() if p.requires_grad]
         return [g for g in ({"params": params, "lr": lr}, {"params": extra, "lr": lr}) if g["params"]]
 
     # -- 3. the loss
@@ -65,8 +91,11 @@ class Strategy:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss for one step; ``progress`` runs from 0 to 1 over the whole run (for schedules)."""
         x, y = batches["labeled"]
-        ce = F.cross_entropy(model(x), y, label_smoothing=self.label_smoothing)
+        ce = self.ce(model(x), y)
         return ce, {"ce": ce.item()}
+
+    def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}
@@ -88,5 +117,6 @@ def register(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
 def get_strategy(name: str, cfg: MethodConfig, label_smoothing: float = 0.0) -> Strategy:
     """Instantiate the strategy registered under ``name`` with its typed settings."""
     if name not in STRATEGIES:
-        raise ConfigError(f"finetune.method: unknown method {name!r} (expected one of {', '.join(sorted(STRATEGIES))})")
+        known = ", ".join(sorted(STRATEGIES))
+        raise ConfigError(f"finetune.method: unknown method {name!r} (expected one of {known})")
     return STRATEGIES[name](cfg, label_smoothing)

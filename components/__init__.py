@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines components: one per stage, each a thin interface over ``transferops.stages``."""

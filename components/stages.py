@@ -1,0 +1,153 @@
+"""One Kubeflow Pipelines component per stage.
+
+Each component is an interface (typed inputs and outputs the KFP UI understands) plus one call into the
+library: ``transferops.kfp_io`` links the input artifacts into the layout the stage expects, runs the stage's
+``run`` and copies its outputs into the output artifacts. There is no ML logic here. The bodies import
+``transferops`` themselves because KFP ships each function's source, not this module, into the container.
+"""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def ingest(
+    params_yaml: str,
+    seed: int,
+    method: str,
+    labels_per_class: int,
+    overrides: list,
+    source_data: Output[Dataset],
+    target_data: Output[Dataset],
+    validation: Output[Metrics],
+):
+    """Read, validate, split and shard the source and target datasets (transferops.stages.ingest)."""
+    import json
+
+    from transferops import kfp_io
+
+    cfg = kfp_io.component_config(params_yaml, seed, method, labels_per_class, overrides)
+    outputs = {"source_data": source_data.path, "target_data": target_data.path}
+    result, _ = kfp_io.run_stage_in_workspace("ingest", cfg, {}, outputs)
+    for key, value in kfp_io.scalar_metrics(result.metrics).items():
+        validation.log_metric(key, value)
+    with open(validation.path, "w") as f:  # a file too, so the local cache finds the artifact
+        json.dump(result.metrics, f)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def pretrain(
+    params_yaml: str,
+    seed: int,
+    method: str,
+    labels_per_class: int,
+    overrides: list,
+    source_data: Input[Dataset],
+    source_model: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Train the model on the labelled source domain (transferops.stages.pretrain)."""
+    import json
+
+    from transferops import kfp_io
+
+    cfg = kfp_io.component_config(params_yaml, seed, method, labels_per_class, overrides)
+    inputs = {"source_data": source_data.path}
+    result, _ = kfp_io.run_stage_in_workspace("pretrain", cfg, inputs, {"source_model": source_model.path})
+    for key, value in kfp_io.scalar_metrics(result.metrics).items():
+        metrics.log_metric(key, value)
+    with open(metrics.path, "w") as f:
+        json.dump(result.metrics, f)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def finetune(
+    params_yaml: str,
+    seed: int,
+    method: str,
+    labels_per_class: int,
+    overrides: list,
+    source_data: Input[Dataset],
+    target_data: Input[Dataset],
+    source_model: Input[Model],
+    target_model: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Transfer the source model to the target domain with the configured method (transferops.stages.finetune)."""
+    import json
+
+    from transferops import kfp_io
+
+    cfg = kfp_io.component_config(params_yaml, seed, method, labels_per_class, overrides)
+    inputs = {"source_data": source_data.path, "target_data": target_data.path, "source_model": source_model.path}
+    result, _ = kfp_io.run_stage_in_workspace("finetune", cfg, inputs, {"target_model": target_model.path})
+    target_model.metadata["method"] = method
+    for key, value in kfp_io.scalar_metrics(result.metrics).items():
+        metrics.log_metric(key, value)
+    with open(metrics.path, "w") as f:
+        json.dump(result.metrics, f)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate(
+    params_yaml: str,
+    seed: int,
+    method: str,
+    labels_per_class: int,
+    overrides: list,
+    target_data: Input[Dataset],
+    source_model: Input[Model],
+    target_model: Input[Model],
+    evaluation: Output[Artifact],
+    metrics: Output[Metrics],
+    confusion_matrix: Output[ClassificationMetrics],
+    report: Output[HTML],
+) -> bool:
+    """Score on the target test split against the baselines; returns whether the candidate passes the gate's
+    floor (register.min_accuracy), which decides whether the DAG registers it."""
+    import json
+    from pathlib import Path
+
+    from transferops import kfp_io
+    from transferops.registry.aliases import passes_floor
+
+    cfg = kfp_io.component_config(params_yaml, seed, method, labels_per_class, overrides)
+    inputs = {"target_data": target_data.path, "source_model": source_model.path, "target_model": target_model.path}
+    result, _ = kfp_io.run_stage_in_workspace("evaluate", cfg, inputs, {"evaluation": evaluation.path})
+    out = Path(evaluation.path)
+    for key, value in kfp_io.scalar_metrics(result.metrics).items():
+        metrics.log_metric(key, value)
+    with open(metrics.path, "w") as f:
+        json.dump(result.metrics, f)
+    classes = json.loads((Path(target_data.path) / "manifest.json").read_text())["classes"]
+    confusion_matrix.log_confusion_matrix(classes, kfp_io.confusion(out, classes))
+    Path(report.path).write_text(kfp_io.evaluation_report_html(out))
+    return passes_floor(cfg, float(result.metrics["accuracy"]))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def register(
+    params_yaml: str,
+    seed: int,
+    method: str,
+    labels_per_class: int,
+    overrides: list,
+    target_data: Input[Dataset],
+    target_model: Input[Model],
+    evaluation: Input[Artifact],
+    registration: Output[Artifact],
+) -> str:
+    """Log to MLflow, register, alias challenger and promote to champion if it beats the champion."""
+    import json
+    from pathlib import Path
+
+    from transferops import kfp_io
+
+    cfg = kfp_io.component_config(params_yaml, seed, method, labels_per_class, overrides)
+    inputs = {"target_data": target_data.path, "target_model": target_model.path, "evaluation": evaluation.path}
+    result, _ = kfp_io.run_stage_in_workspace("register", cfg, inputs, {"registration": registration.path})
+    reg = json.loads((Path(registration.path) / "registration.json").read_text())
+    registration.metadata.update({k: reg[k] for k in ("model_name", "version", "promoted", "reason")})
+    return str(reg["version"])

@@ -1,0 +1,101 @@
+"""The glue between Kubeflow artifacts and the stages, so each component stays a few lines.
+
+A stage reads and writes a fixed layout under ``base.artifacts_dir`` (``ingest/source``, ``pretrain``, ...).
+In Kubeflow every input and output artifact has its own path instead. :func:`run_stage_in_workspace` builds a
+temporary workspace in that layout with links to the input artifacts, runs the stage there, and copies the
+stage's outputs to the output artifact paths.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from transferops.config import Config, config_from_dict
+from transferops.stages.common import StageResult, read_json
+
+LAYOUT = {
+    "source_data": "ingest/source",
+    "target_data": "ingest/target",
+    "ingest": "ingest",
+    "source_model": "pretrain",
+    "target_model": "finetune",
+    "evaluation": "evaluate",
+    "registration": "register",
+}
+
+
+def component_config(params_yaml: str, seed: int, method: str, labels_per_class: int, overrides: list[str]) -> Config:
+    """The Config of one pipeline run: params.yaml text plus the pipeline's named parameters and overrides."""
+    named = [
+        f"base.seed={seed}",
+        f"finetune.method={method}",
+        f"ingest.target.split.labels_per_class={labels_per_class}",
+    ]
+    return config_from_dict(yaml.safe_load(params_yaml) or {}, named + list(overrides))
+
+
+def run_stage_in_workspace(
+    stage: str, cfg: Config, inputs: dict[str, str], outputs: dict[str, str]
+) -> tuple[StageResult, Path]:
+    """Run ``stage`` with input artifacts linked into a workspace; copy its outputs to the output paths.
+
+    Returns the result and the workspace (valid until the process exits), for reading reports.
+    """
+    from transferops.cli import run_stage
+
+    ws = Path(tempfile.mkdtemp(prefix=f"transferops-{stage}-"))
+    for name, path in inputs.items():
+        link = ws / LAYOUT[name]
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(path).resolve(), target_is_directory=True)
+    result = run_stage(stage, replace(cfg, base=replace(cfg.base, artifacts_dir=str(ws))))
+    for name, path in outputs.items():
+        dest = Path(path)
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(ws / LAYOUT[name], dest)
+    return result, ws
+
+
+def evaluation_report_html(evaluate_dir: Path) -> str:
+    """A self-contained HTML page (metrics table and the two plots inline) for the KFP UI."""
+    m = read_json(evaluate_dir / "metrics.json")
+
+    def img(name: str) -> str:
+        data = base64.b64encode((evaluate_dir / name).read_bytes()).decode()
+        return f'<img src="data:image/png;base64,{data}" style="max-width:45%">'
+
+    rows = "".join(
+        f"<tr><td>{k}</td><td>{'n/a' if v is None else (f'{v:.4f}' if isinstance(v, float) else v)}</td></tr>"
+        for k, v in m.items()
+        if not isinstance(v, dict)
+    )
+    return (
+        "<html><body><h2>transferops evaluation (target test split)</h2>"
+        f"<table border=1 cellpadding=4>{rows}</table><p>{img('confusion_matrix.png')}{img('reliability.png')}</p>"
+        "</body></html>"
+    )
+
+
+def confusion(evaluate_dir: Path, classes: list[str]) -> list[list[int]]:
+    """The confusion matrix rows from predictions.csv (for a KFP ClassificationMetrics artifact)."""
+    import csv
+
+    index = {c: i for i, c in enumerate(classes)}
+    cm = [[0] * len(classes) for _ in classes]
+    with open(evaluate_dir / "predictions.csv") as f:
+        for row in csv.DictReader(f):
+            cm[index[row["actual"]]][index[row["predicted"]]] += 1
+    return cm
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of a metrics dict (what a KFP Metrics artifact can show)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
