@@ -14,7 +14,7 @@ from components.image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def ingest(
-    params_yaml: str,
+    params_json: str,
     seed: int,
     method: str,
     labels_per_class: int,
@@ -28,7 +28,7 @@ def ingest(
 
     from transferops import kfp_io
 
-    cfg = kfp_io.component_config(params_yaml, seed, method, labels_per_class, overrides)
+    cfg = kfp_io.component_config(params_json, seed, method, labels_per_class, overrides)
     outputs = {"source_data": source_data.path, "target_data": target_data.path}
     result, _ = kfp_io.run_stage_in_workspace("ingest", cfg, {}, outputs)
     for key, value in kfp_io.scalar_metrics(result.metrics).items():
@@ -39,7 +39,7 @@ def ingest(
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def pretrain(
-    params_yaml: str,
+    params_json: str,
     seed: int,
     method: str,
     labels_per_class: int,
@@ -53,7 +53,7 @@ def pretrain(
 
     from transferops import kfp_io
 
-    cfg = kfp_io.component_config(params_yaml, seed, method, labels_per_class, overrides)
+    cfg = kfp_io.component_config(params_json, seed, method, labels_per_class, overrides)
     inputs = {"source_data": source_data.path}
     result, _ = kfp_io.run_stage_in_workspace("pretrain", cfg, inputs, {"source_model": source_model.path})
     for key, value in kfp_io.scalar_metrics(result.metrics).items():
@@ -64,7 +64,7 @@ def pretrain(
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def finetune(
-    params_yaml: str,
+    params_json: str,
     seed: int,
     method: str,
     labels_per_class: int,
@@ -80,7 +80,7 @@ def finetune(
 
     from transferops import kfp_io
 
-    cfg = kfp_io.component_config(params_yaml, seed, method, labels_per_class, overrides)
+    cfg = kfp_io.component_config(params_json, seed, method, labels_per_class, overrides)
     inputs = {"source_data": source_data.path, "target_data": target_data.path, "source_model": source_model.path}
     result, _ = kfp_io.run_stage_in_workspace("finetune", cfg, inputs, {"target_model": target_model.path})
     target_model.metadata["method"] = method
@@ -92,7 +92,7 @@ def finetune(
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate(
-    params_yaml: str,
+    params_json: str,
     seed: int,
     method: str,
     labels_per_class: int,
@@ -113,7 +113,7 @@ def evaluate(
     from transferops import kfp_io
     from transferops.registry.aliases import passes_floor
 
-    cfg = kfp_io.component_config(params_yaml, seed, method, labels_per_class, overrides)
+    cfg = kfp_io.component_config(params_json, seed, method, labels_per_class, overrides)
     inputs = {"target_data": target_data.path, "source_model": source_model.path, "target_model": target_model.path}
     result, _ = kfp_io.run_stage_in_workspace("evaluate", cfg, inputs, {"evaluation": evaluation.path})
     out = Path(evaluation.path)
@@ -129,7 +129,7 @@ def evaluate(
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def register(
-    params_yaml: str,
+    params_json: str,
     seed: int,
     method: str,
     labels_per_class: int,
@@ -145,7 +145,7 @@ def register(
 
     from transferops import kfp_io
 
-    cfg = kfp_io.component_config(params_yaml, seed, method, labels_per_class, overrides)
+    cfg = kfp_io.component_config(params_json, seed, method, labels_per_class, overrides)
     inputs = {"target_data": target_data.path, "target_model": target_model.path, "evaluation": evaluation.path}
     result, _ = kfp_io.run_stage_in_workspace("register", cfg, inputs, {"registration": registration.path})
     reg = json.loads((Path(registration.path) / "registration.json").read_text())

@@ -1,9 +1,9 @@
 """``transfer_pipeline``: ingest -> pretrain -> finetune -> evaluate -> dsl.If(gate passed) -> register.
 
 Pipeline parameters default from ``params.yaml``, read when the pipeline is built (compiled): the whole file
-travels as ``params_yaml`` and the knobs people turn most (seed, method, labels per class) are parameters of
-their own in the KFP UI, plus free ``overrides`` (``section.key=value``, as ``--set``). Node pools, retries,
-caching, secrets and the schedule come from the ``kfp:`` section.
+travels as ``params_json`` (one line of JSON) and the knobs people turn most (seed, method, labels per class)
+are parameters of their own in the KFP UI, plus free ``overrides`` (``section.key=value``, as ``--set``).
+Node pools, retries, caching, secrets and the schedule come from the ``kfp:`` section.
 
     transferops pipeline compile [--out pipelines/transfer_pipeline.yaml]
     transferops pipeline run-local          # kfp.local, every component in this environment
@@ -11,11 +11,14 @@ caching, secrets and the schedule come from the ``kfp:`` section.
     transferops pipeline schedule --host URL [--cron "0 0 3 * * *"]
 """
 
+import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
 from components import stages as c
 from kfp import compiler, dsl, kubernetes
 
@@ -57,21 +60,22 @@ def _gpu(task: dsl.PipelineTask, kfp: KfpConfig) -> dsl.PipelineTask:
 
 def build_pipeline(params_path: Path = DEFAULT_PARAMS, cfg: "Config | None" = None):
     """The pipeline function, its parameter defaults taken from ``params_path``."""
-    params_text = Path(params_path).read_text()
     cfg = cfg or load_config(params_path)
+    # one line of JSON: KFP copies defaults into a comment header, which a multi-line string would break
+    params_text = json.dumps(yaml.safe_load(Path(params_path).read_text()), separators=(",", ":"))
     k = cfg.ingest.target.split.labels_per_class
     kfp = cfg.kfp
 
     @dsl.pipeline(name=kfp.pipeline_name, description="Transfer a source-domain model to a target domain.")
     def transfer_pipeline(
-        params_yaml: str = params_text,
+        params_json: str = params_text,
         seed: int = cfg.base.seed,
         method: str = cfg.finetune.method,
         labels_per_class: int = -1 if k is None else k,
         overrides: list = [],  # noqa: B006 (a KFP default, not a Python mutable shared across calls)
     ):
         common = dict(
-            params_yaml=params_yaml, seed=seed, method=method, labels_per_class=labels_per_class, overrides=overrides
+            params_json=params_json, seed=seed, method=method, labels_per_class=labels_per_class, overrides=overrides
         )
         ingest = _place(c.ingest(**common), kfp.cpu, kfp).set_caching_options(kfp.cache_ingest)
         ingest.set_display_name("ingest")
@@ -154,12 +158,11 @@ def submit(
     run_name: str | None = None,
 ):
     """Compile and start one run on a KFP server."""
-    package = compile_pipeline(
-        params_path, DEFAULT_OUT if params_path == DEFAULT_PARAMS else Path(params_path).with_suffix(".pipeline.yaml")
-    )
-    return _client(host).create_run_from_pipeline_package(
-        str(package), arguments=arguments or {}, run_name=run_name, experiment_name=experiment
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(params_path, Path(tmp) / "pipeline.yaml")
+        return _client(host).create_run_from_pipeline_package(
+            str(package), arguments=arguments or {}, run_name=run_name, experiment_name=experiment
+        )
 
 
 def schedule(
@@ -172,20 +175,19 @@ def schedule(
 ):
     """Create a recurring run (6-field cron, max concurrency and catch-up from ``kfp:``)."""
     cfg = load_config(params_path)
-    package = compile_pipeline(
-        params_path, DEFAULT_OUT if params_path == DEFAULT_PARAMS else Path(params_path).with_suffix(".pipeline.yaml")
-    )
     client = _client(host)
     exp = client.create_experiment(name=experiment)
-    return client.create_recurring_run(
-        experiment_id=exp.experiment_id,
-        job_name=job_name,
-        cron_expression=cron or cfg.kfp.cron,
-        max_concurrency=cfg.kfp.max_concurrency,
-        no_catchup=not cfg.kfp.catchup,
-        pipeline_package_path=str(package),
-        params=arguments or {},
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(params_path, Path(tmp) / "pipeline.yaml")
+        return client.create_recurring_run(
+            experiment_id=exp.experiment_id,
+            job_name=job_name,
+            cron_expression=cron or cfg.kfp.cron,
+            max_concurrency=cfg.kfp.max_concurrency,
+            no_catchup=not cfg.kfp.catchup,
+            pipeline_package_path=str(package),
+            params=arguments or {},
+        )
 
 
 transfer_pipeline = build_pipeline() if DEFAULT_PARAMS.is_file() else None

@@ -31,14 +31,16 @@ LAYOUT = {
 }
 
 
-def component_config(params_yaml: str, seed: int, method: str, labels_per_class: int, overrides: list[str]) -> Config:
-    """The Config of one pipeline run: params.yaml text plus the pipeline's named parameters and overrides."""
+def component_config(params_json: str, seed: int, method: str, labels_per_class: int, overrides: list[str]) -> Config:
+    """The Config of one pipeline run: params.yaml (as JSON or YAML text) plus the pipeline's named parameters
+    and overrides; ``labels_per_class`` -1 means null (all)."""
+    k = "null" if labels_per_class < 0 else labels_per_class
     named = [
         f"base.seed={seed}",
         f"finetune.method={method}",
-        f"ingest.target.split.labels_per_class={labels_per_class}",
+        f"ingest.target.split.labels_per_class={k}",
     ]
-    return config_from_dict(yaml.safe_load(params_yaml) or {}, named + list(overrides))
+    return config_from_dict(yaml.safe_load(params_json) or {}, named + list(overrides))
 
 
 def run_stage_in_workspace(

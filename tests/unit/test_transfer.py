@@ -81,8 +81,15 @@ def test_cached_features_equal_a_fresh_forward_pass_and_train_the_same_head():
     before = model.head.weight.clone()
     from transferops.config import TrainConfig
 
-    Trainer(module, strategy, TrainConfig(epochs=1, steps_per_epoch=3, augment=False),
-            {"labeled": BatchStream(fdata["labeled"], 8, 0)}, fval, CPU, 0).fit()
+    Trainer(
+        module,
+        strategy,
+        TrainConfig(epochs=1, steps_per_epoch=3, augment=False),
+        {"labeled": BatchStream(fdata["labeled"], 8, 0)},
+        fval,
+        CPU,
+        0,
+    ).fit()
     assert not torch.equal(before, model.head.weight)
 
 
@@ -185,7 +192,9 @@ def test_kd_distils_from_the_source_model(tmp_path):
     loss, logs = strategy.loss(student.eval(), {"labeled": (x, torch.tensor([0, 1, 2, 0]))}, 0.0)
     assert logs["kd"] == pytest.approx(0.0, abs=1e-5)  # identical student and teacher: no KL
     with pytest.raises(ConfigError, match="not the target's 5"):
-        get_strategy("kd", KDConfig()).prepare(create_model("smallcnn", 5, width=8), ctx(5, False, tmp_path / "source.pt"))
+        get_strategy("kd", KDConfig()).prepare(
+            create_model("smallcnn", 5, width=8), ctx(5, False, tmp_path / "source.pt")
+        )
 
 
 def test_joint_weights_source_and_target_losses_and_keeps_a_source_head_for_other_classes():

@@ -1,0 +1,95 @@
+"""submit/schedule against a local HTTP server standing in for the KFP v2beta1 API (no cluster runs here)."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.conftest import REPO
+
+pytest.importorskip("kfp")
+
+
+class FakeKfp(BaseHTTPRequestHandler):
+    requests: list = []
+
+    def _reply(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _record(self) -> dict:
+        n = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(n) or b"{}") if n else {}
+        self.requests.append((self.command, self.path, body))
+        return body
+
+    def do_GET(self):  # noqa: N802
+        self._record()
+        if self.path.startswith("/apis/v2beta1/experiments"):
+            self._reply({"experiments": [], "total_size": 0})
+        else:
+            self._reply({})
+
+    def do_POST(self):  # noqa: N802
+        body = self._record()
+        if self.path.startswith("/apis/v2beta1/experiments"):
+            self._reply({"experiment_id": "exp-1", "display_name": body.get("display_name")})
+        elif self.path.startswith("/apis/v2beta1/recurringruns"):
+            self._reply({"recurring_run_id": "rr-1", **body})
+        elif self.path.startswith("/apis/v2beta1/runs"):
+            self._reply({"run_id": "run-1", "experiment_id": "exp-1", **body})
+        else:
+            self._reply({})
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def kfp_server():
+    FakeKfp.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKfp)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", FakeKfp.requests
+    server.shutdown()
+
+
+def _posts(requests, prefix):
+    return [body for method, path, body in requests if method == "POST" and path.startswith(prefix)]
+
+
+def test_submit_sends_the_pipeline_spec_and_parameters(kfp_server, tmp_path):
+    from transferops.cli import main
+
+    host, requests = kfp_server
+    params = REPO / "params.yaml"
+    assert main(["pipeline", "submit", "--host", host, "--params", str(params), "--set", "finetune.epochs=2"]) == 0
+    (run,) = _posts(requests, "/apis/v2beta1/runs")
+    assert run["experiment_id"] == "exp-1"
+    spec = run["pipeline_spec"]["pipeline_spec"]  # with kfp-kubernetes settings: pipeline + platform spec
+    assert spec["pipelineInfo"]["name"] == "transferops-transfer"
+    assert "kubernetes" in run["pipeline_spec"]["platform_spec"]["platforms"]
+    assert set(spec["root"]["dag"]["tasks"]) >= {"ingest", "pretrain", "finetune", "evaluate"}
+    assert run["runtime_config"]["parameters"] == {"overrides": ["finetune.epochs=2"]}
+
+
+def test_schedule_sends_a_six_field_cron_with_concurrency_one_and_no_catchup(kfp_server):
+    from transferops.cli import main
+
+    host, requests = kfp_server
+    assert main(["pipeline", "schedule", "--host", host, "--params", str(REPO / "params.yaml")]) == 0
+    (rr,) = _posts(requests, "/apis/v2beta1/recurringruns")
+    assert rr["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
+    assert int(rr["max_concurrency"]) == 1
+    assert rr["no_catchup"] is True
+    assert rr["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "transferops-transfer"
+    assert rr["mode"] == "ENABLE"
+    custom = ["pipeline", "schedule", "--host", host, "--params", str(REPO / "params.yaml"), "--cron", "0 30 2 * * 1"]
+    assert main(custom) == 0
+    assert _posts(requests, "/apis/v2beta1/recurringruns")[-1]["trigger"]["cron_schedule"]["cron"] == "0 30 2 * * 1"

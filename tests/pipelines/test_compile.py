@@ -1,0 +1,117 @@
+"""The compiled IR YAML: DAG edges, node pools, retries, caching and parameter defaults from params.yaml."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytest.importorskip("kfp")
+
+
+def _compile(params: Path, out: Path) -> dict:
+    from pipelines.transfer_pipeline import compile_pipeline
+
+    compile_pipeline(params, out)
+    docs = list(yaml.safe_load_all(out.read_text()))
+    return {"spec": docs[0], "platform": docs[1] if len(docs) > 1 else {}}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    return _compile(REPO / "params.yaml", tmp_path_factory.mktemp("ir") / "p.yaml")
+
+
+def _tasks(spec: dict) -> dict:
+    root = spec["root"]["dag"]["tasks"]
+    cond = next(t for t in root.values() if t.get("triggerPolicy"))  # the dsl.If sub-DAG
+    inner = spec["components"][cond["componentRef"]["name"]]["dag"]["tasks"]
+    return {**root, **inner}
+
+
+def test_dag_edges(compiled):
+    spec = compiled["spec"]
+    tasks = _tasks(spec)
+    deps = {name: set(t.get("dependentTasks", [])) for name, t in tasks.items()}
+    assert deps["ingest"] == set()
+    assert deps["pretrain"] == {"ingest"}
+    assert deps["finetune"] == {"ingest", "pretrain"}
+    assert deps["evaluate"] == {"ingest", "pretrain", "finetune"}
+    cond = next(t for t in spec["root"]["dag"]["tasks"].values() if t.get("triggerPolicy"))
+    assert "evaluate" in cond["dependentTasks"]
+    assert "evaluate" in cond["triggerPolicy"]["condition"] and "== true" in cond["triggerPolicy"]["condition"]
+    assert "register" in _tasks(spec) and "register" not in spec["root"]["dag"]["tasks"]
+
+
+def test_gpu_stages_get_accelerators_and_retries_others_do_not(compiled):
+    spec = compiled["spec"]
+    executors = spec["deploymentSpec"]["executors"]
+    tasks = _tasks(spec)
+    for name in ("pretrain", "finetune", "evaluate", "ingest", "register"):
+        exe = executors[spec["components"][tasks[name]["componentRef"]["name"]]["executorLabel"]]
+        res = exe["container"].get("resources", {})
+        assert exe["container"]["image"].startswith("ghcr.io/transferops/transferops:")
+        if name in ("pretrain", "finetune", "evaluate"):
+            assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert int(res["accelerator"]["resourceCount"]) == 1
+            assert res["memoryLimit"] == pytest.approx(34.359738368)  # 32Gi in GB
+            assert tasks[name]["retryPolicy"]["maxRetryCount"] == 3
+            assert tasks[name]["retryPolicy"]["backoffDuration"] == "60s"
+        else:
+            assert "accelerator" not in res
+            assert "retryPolicy" not in tasks[name]
+    assert tasks["ingest"]["cachingOptions"]["enableCache"] is True
+    assert tasks["pretrain"]["cachingOptions"]["enableCache"] is True
+    assert tasks["register"]["cachingOptions"].get("enableCache", False) is False
+
+
+def test_kubernetes_settings_node_pool_shm_and_secrets(compiled):
+    spec, platform = compiled["spec"], compiled["platform"]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    tasks = _tasks(spec)
+
+    def executor(name):
+        return k8s[spec["components"][tasks[name]["componentRef"]["name"]]["executorLabel"]]
+
+    gpu, cpu = executor("finetune"), executor("ingest")
+    assert gpu["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert "tolerations" not in cpu
+    assert gpu["emptyDirMounts"][0]["mountPath"] == "/dev/shm" and gpu["emptyDirMounts"][0]["medium"] == "Memory"
+    secrets = {s["secretName"] for s in gpu["secretAsEnv"]}
+    assert secrets == {"mlflow-credentials", "s3-credentials"} == {s["secretName"] for s in cpu["secretAsEnv"]}
+    envs = {kv["envVar"] for s in gpu["secretAsEnv"] for kv in s["keyToEnv"]}
+    assert {"MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= envs
+    assert gpu["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_parameters_default_from_params_json(tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    text = params.read_text()
+    params.write_text(
+        text.replace("method: finetune        #", "method: mcc             #")
+        .replace("  seed: 0", "  seed: 7")
+        .replace('cpu_limit: "8"', 'cpu_limit: "12"')
+        .replace("node_selector: {}     # e.g.", "node_selector: {pool: gpu-spot}     # e.g.")
+    )
+    compiled = _compile(params, tmp_path / "p.yaml")
+    inputs = compiled["spec"]["root"]["inputDefinitions"]["parameters"]
+    assert inputs["method"]["defaultValue"] == "mcc"
+    assert inputs["seed"]["defaultValue"] == 7
+    assert inputs["labels_per_class"]["defaultValue"] == 1
+    assert json.loads(inputs["params_json"]["defaultValue"])["finetune"]["method"] == "mcc"
+    k8s = compiled["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert any(e.get("nodeSelector", {}).get("labels") == {"pool": "gpu-spot"} for e in k8s.values())
+    executors = compiled["spec"]["deploymentSpec"]["executors"]
+    assert any(e["container"].get("resources", {}).get("cpuLimit") == 12 for e in executors.values())
+
+
+def test_cli_compile_writes_the_default_path(tmp_path, monkeypatch):
+    from transferops.cli import main
+
+    out = tmp_path / "x.yaml"
+    assert main(["pipeline", "compile", "--params", str(REPO / "params.yaml"), "--out", str(out)]) == 0
+    assert "pipelineInfo" in out.read_text()
