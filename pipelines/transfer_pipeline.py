@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from components import stages as c
 from kfp import compiler, dsl, kubernetes
 
+from components import stages as c
 from transferops.config import Config, KfpConfig, NodePoolConfig, load_config
 
 log = logging.getLogger(__name__)

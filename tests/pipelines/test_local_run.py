@@ -30,7 +30,7 @@ def test_dag_runs_end_to_end_and_registers(tiny_params, tmp_path, monkeypatch):
     assert (run / "finetune" / "target_model" / "model.pt").is_file()
     metrics = json.loads((run / "evaluate" / "metrics").read_text())
     assert metrics["transfer_gain"] == pytest.approx(metrics["accuracy"] - metrics["from_scratch_accuracy"])
-    assert "<img src=\"data:image/png;base64," in (run / "evaluate" / "report").read_text()
+    assert '<img src="data:image/png;base64,' in (run / "evaluate" / "report").read_text()
     reg = json.loads((run / "register" / "registration" / "registration.json").read_text())
     assert reg["promoted"] is True and reg["version"] == "1"
     mlflow.set_tracking_uri(uri)
