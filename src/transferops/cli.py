@@ -163,6 +163,48 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_client(args: argparse.Namespace):
+    import mlflow
+
+    from transferops.tracking import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(_config(args).mlflow))
+    return mlflow.MlflowClient()
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from transferops.registry import aliases
+
+    client = _registry_client(args)
+    name = args.name or _config(args).register.model_name
+    if args.action == "history":
+        events = aliases.history(client, name)
+        print(f"{'time':20}  {'alias':10}  {'kind':8}  {'from':>4} -> {'to':<4}  reason")
+        for e in events:
+            run = f"  (run {e['run_id']})" if e.get("run_id") else ""
+            moved = f"{e['from_version'] or '-':>4} -> {e['to_version']:<4}"
+            print(f"{e['time']:20}  {e['alias']:10}  {e.get('kind', 'promote'):8}  {moved}  {e['reason']}{run}")
+    elif args.action == "promote":
+        e = aliases.promote(client, name, args.version, args.alias, args.reason)
+        print(f"{name}: {args.alias} {e['from_version'] or '-'} -> {e['to_version']}")
+    elif args.action == "rollback":
+        e = aliases.rollback(client, name, args.alias)
+        print(f"{name}: {args.alias} {e['from_version']} -> {e['to_version']} ({e['reason']})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from transferops.predict import predict_files
+    from transferops.tracking import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(_config(args).mlflow))
+    for file, label, conf in predict_files(args.model, args.images):
+        print(f"{file}\t{label}\t{conf:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default=DEFAULT_PARAMS, type=Path, help="params file (default: params.yaml)")
@@ -225,6 +267,25 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--cron", default=None, help='6-field cron, seconds first (default kfp.cron: "0 0 3 * * *")')
     for p in pipe.choices.values():
         p.set_defaults(func=cmd_pipeline)
+    reg = sub.add_parser("registry", help="the model registry: alias history, promote, rollback")
+    reg = reg.add_subparsers(dest="action", required=True)
+    for action, text in (
+        ("history", "every alias move (when, from, to, why, which run)"),
+        ("promote", "point an alias (default champion) at a version"),
+        ("rollback", "move champion back to the previous champion"),
+    ):
+        p = reg.add_parser(action, parents=[common], help=text)
+        p.add_argument("name", nargs="?", default="", help="registered model (default register.model_name)")
+        if action == "promote":
+            p.add_argument("version")
+            p.add_argument("--reason", default="manual promotion")
+        if action != "history":
+            p.add_argument("--alias", default="champion")
+        p.set_defaults(func=cmd_registry)
+    p = sub.add_parser("predict", parents=[common], help="classify images with a registered model")
+    p.add_argument("--model", required=True, help="e.g. models:/transferops-digits@champion")
+    p.add_argument("images", nargs="+", type=Path)
+    p.set_defaults(func=cmd_predict)
     p = sub.add_parser("params", parents=[common], help="print the resolved, validated params")
     p.set_defaults(func=cmd_params)
     p = sub.add_parser("summary", parents=[common], help="print the summary of the last pipeline run")

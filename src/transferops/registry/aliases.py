@@ -55,13 +55,19 @@ def current_alias(client, name: str, alias: str) -> str | None:
         return None
 
 
-def move_alias(client, name: str, alias: str, version: str, reason: str, run_id: str | None = None) -> dict[str, Any]:
-    """Point ``alias`` at ``version`` and append the move to the model's alias history."""
+def move_alias(
+    client, name: str, alias: str, version: str, reason: str, run_id: str | None = None, kind: str = "promote"
+) -> dict[str, Any]:
+    """Point ``alias`` at ``version`` and append the move to the model's alias history.
+
+    ``kind`` is ``promote`` for a move forward and ``rollback`` for a move back (what :func:`rollback` replays).
+    """
     previous = current_alias(client, name, alias)
     client.set_registered_model_alias(name, alias, str(version))
     event = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "alias": alias,
+        "kind": kind,
         "from_version": previous,
         "to_version": str(version),
         "reason": reason,
@@ -76,6 +82,41 @@ def history(client, name: str) -> list[dict[str, Any]]:
     tags = client.get_registered_model(name).tags
     keys = sorted((k for k in tags if k.startswith(EVENT_PREFIX)), key=lambda k: int(k[len(EVENT_PREFIX) :]))
     return [json.loads(tags[k]) for k in keys]
+
+
+def promote(client, name: str, version: str, alias: str = "champion", reason: str = "manual promotion") -> dict:
+    """Move ``alias`` to ``version`` by hand (recorded in the history)."""
+    from mlflow.exceptions import MlflowException
+
+    from transferops.errors import TrackingError
+
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException:
+        raise TrackingError(f"registered model {name!r} has no version {version}") from None
+    return move_alias(client, name, alias, str(version), reason)
+
+
+def rollback(client, name: str, alias: str = "champion") -> dict:
+    """Move ``alias`` back to the version it pointed to before its current one.
+
+    The history is replayed as a stack (a promotion pushes, a rollback pops), so repeated rollbacks walk
+    further back instead of toggling between two versions.
+    """
+    from transferops.errors import TrackingError
+
+    stack: list[str] = []
+    for event in history(client, name):
+        if event["alias"] != alias:
+            continue
+        if event.get("kind") == "rollback":
+            stack.pop()
+        else:
+            stack.append(event["to_version"])
+    if len(stack) < 2:
+        raise TrackingError(f"registered model {name!r}: no previous {alias} to roll back to")
+    current, previous = stack[-1], stack[-2]
+    return move_alias(client, name, alias, previous, f"rollback from version {current}", kind="rollback")
 
 
 def passes_floor(cfg, accuracy: float) -> bool:
