@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run repro test test-slow test-all lint bench lock clean clean-all
+.PHONY: install run repro test test-services test-slow test-all lint bench bench-methods data-push data-pull lock clean clean-all
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=python3.11-or-newer)"; exit 1; }
@@ -29,6 +29,10 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests components pipelines
 	$(BIN)/pytest -q
 
+## tests against real server processes on loopback (MLflow server, S3); also part of `make test`
+test-services: $(STAMP)
+	$(BIN)/pytest -q -m services
+
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
@@ -42,6 +46,17 @@ lint: $(STAMP)
 ## benchmarks print figures; they assert nothing about speed
 bench: $(STAMP)
 	$(BIN)/transferops benchmark seeds --seeds 3
+
+## every transfer method on the embedded default, 5 seeds -> reports/methods.{json,md}, label_efficiency.png
+bench-methods: $(STAMP)
+	$(BIN)/transferops benchmark methods --seeds 5
+
+## version the data with DVC on the remote configured in .dvc/config (see README: credentials from the environment)
+data-push: $(STAMP)
+	$(BIN)/dvc push
+
+data-pull: $(STAMP)
+	$(BIN)/dvc pull
 
 ## re-resolve requirements.in into requirements.lock (needs the package index)
 lock:

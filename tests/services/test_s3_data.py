@@ -1,0 +1,112 @@
+"""S3 for data: ingest from an s3:// prefix, and a DVC remote on the S3 server (push, pull, repro no-op)."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tests.conftest import REPO, tiny_dict
+from transferops.config import DatasetConfig
+from transferops.data.readers import read_dataset
+from transferops.errors import DataError
+
+pytestmark = pytest.mark.services
+
+
+def _tree(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for c in ("ant", "bee", "cat"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (20, 16), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_ingest_from_s3_prefix_equals_ingest_from_disk(s3, tmp_path):
+    from transferops.data.shards import stratified_split, write_dataset
+
+    _, client = s3
+    root = _tree(tmp_path / "tree")
+    client.create_bucket(Bucket="datasets")
+    for f in sorted(root.rglob("*.png")):
+        client.upload_file(str(f), "datasets", f"team/digits/{f.relative_to(root).as_posix()}")
+    manifests = []
+    for path in (str(root), "s3://datasets/team/digits"):
+        ds = read_dataset(DatasetConfig(kind="image_folder", path=path), 16, 1, 0)
+        splits = stratified_split(ds.labels, len(ds.classes), DatasetConfig().split, 0)
+        out = tmp_path / ("s3" if path.startswith("s3") else "disk")
+        manifests.append(write_dataset(out, ds.images, ds.labels, ds.classes, splits, 8))
+    assert manifests[0]["classes"] == ["ant", "bee", "cat"]
+    assert manifests[0]["version"] == manifests[1]["version"]
+    assert manifests[0]["splits"] == manifests[1]["splits"]
+
+
+def test_s3_errors_name_the_url(s3):
+    with pytest.raises(DataError, match=r"s3://no-such-bucket/x: S3 request failed \(NoSuchBucket"):
+        read_dataset(DatasetConfig(kind="image_folder", path="s3://no-such-bucket/x"), 16, 1, 0)
+    _, client = s3
+    client.create_bucket(Bucket="empty-bucket")
+    with pytest.raises(DataError, match="no objects under this prefix"):
+        read_dataset(DatasetConfig(kind="image_folder", path="s3://empty-bucket/nothing"), 16, 1, 0)
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_dvc_push_pull_through_s3_remote(s3, tmp_path):
+    url, client = s3
+    client.create_bucket(Bucket="dvc-store")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(REPO / "dvc.yaml", repo)
+    shutil.copytree(
+        REPO / "src" / "transferops", repo / "src" / "transferops", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    params = tiny_dict(repo)
+    params["base"]["artifacts_dir"] = "artifacts"
+    params["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+
+    def sh(*cmd):
+        r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"{cmd}: {r.stdout[-1500:]}\n{r.stderr[-2500:]}"
+        return r.stdout
+
+    sh("git", "init", "-q")
+    sh("dvc", "init", "-q")
+    sh("dvc", "config", "core.analytics", "false")
+    # the documented remote set-up; credentials come from the environment only
+    sh("dvc", "remote", "add", "-d", "storage", "s3://dvc-store/transferops")
+    sh("dvc", "remote", "modify", "storage", "endpointurl", url)
+    assert "testing" not in (repo / ".dvc" / "config").read_text()
+    sh("dvc", "repro")
+    before = _digest(repo / "artifacts" / "ingest")
+    sh("dvc", "push")
+    assert client.list_objects_v2(Bucket="dvc-store", Prefix="transferops/")["KeyCount"] > 0
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "artifacts" / "ingest")
+    (repo / "artifacts" / "pretrain" / "model.pt").unlink()
+    sh("dvc", "pull")
+    assert _digest(repo / "artifacts" / "ingest") == before
+    assert (repo / "artifacts" / "pretrain" / "model.pt").is_file()
+    assert "Data and pipelines are up to date" in sh("dvc", "repro")
