@@ -24,6 +24,8 @@ STAGES = ("ingest", "pretrain", "finetune", "evaluate", "register")
 
 
 def setup_logging(verbose: bool) -> None:
+    from transferops.secrets import SecretMaskingFilter
+
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by mlflow when it is first imported
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -31,6 +33,8 @@ def setup_logging(verbose: bool) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(SecretMaskingFilter())
     for noisy in ("alembic", "mlflow", "urllib3", "botocore", "matplotlib", "PIL", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -299,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TransferopsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from transferops.secrets import mask
+
+        print(f"error: {mask(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

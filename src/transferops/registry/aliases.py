@@ -84,6 +84,35 @@ def history(client, name: str) -> list[dict[str, Any]]:
     return [json.loads(tags[k]) for k in keys]
 
 
+def settle_champion(client, name: str, alias: str, target_version: str, run_id: str | None = None) -> str | None:
+    """Make ``alias`` point at the best promoted version scored on the same target data; returns it.
+
+    Two pipelines registering at once both decide against the champion they saw, so the one that moves the
+    alias last would win whatever its accuracy. Every registration therefore ends with this settling step:
+    each version registers (and tags its accuracy) before it moves any alias, so the last process to settle
+    sees every candidate and leaves the alias on the best one.
+    """
+    versions = client.search_model_versions(f"name = '{name}'")
+    eligible = [
+        (float(v.tags["transferops.accuracy"]), int(v.version))
+        for v in versions
+        if v.tags.get("transferops.promoted") == "true" and v.tags.get("transferops.target_version") == target_version
+    ]
+    if not eligible:
+        return None
+    best = str(max(eligible)[1])
+    if current_alias(client, name, alias) != best:
+        move_alias(
+            client,
+            name,
+            alias,
+            best,
+            f"settled: v{best} is the best promoted version (concurrent registration)",
+            run_id,
+        )
+    return best
+
+
 def promote(client, name: str, version: str, alias: str = "champion", reason: str = "manual promotion") -> dict:
     """Move ``alias`` to ``version`` by hand (recorded in the history)."""
     from mlflow.exceptions import MlflowException

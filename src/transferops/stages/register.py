@@ -23,7 +23,7 @@ from transferops.errors import TrackingError
 from transferops.lineage import file_sha256, lineage
 from transferops.models.io import load_model
 from transferops.paths import Paths
-from transferops.registry.aliases import GateDecision, current_alias, decide, move_alias
+from transferops.registry.aliases import GateDecision, current_alias, decide, move_alias, settle_champion
 from transferops.stages.common import (
     StageResult,
     read_json,
@@ -207,6 +207,7 @@ def run(cfg: Config, tracker: MlflowTracker) -> StageResult:
             move_alias(client, reg.model_name, reg.challenger_alias, version, "new candidate", t.run_id)
             if decision.promoted:
                 move_alias(client, reg.model_name, reg.champion_alias, version, decision.reason, t.run_id)
+                settle_champion(client, reg.model_name, reg.champion_alias, str(lin.get("target_version")), t.run_id)
         aliases = sorted(client.get_model_version(reg.model_name, version).aliases)
         registration = {
             "model_name": reg.model_name,

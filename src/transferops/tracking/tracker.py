@@ -76,7 +76,9 @@ class MlflowTracker(NullTracker):
     def __init__(self, cfg: MlflowConfig, parent_run_id: str | None = None) -> None:
         import mlflow
 
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        # bounded: an unreachable server fails in seconds with a clear message instead of retrying for minutes
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         self.mlflow = mlflow
         self.uri = resolve_tracking_uri(cfg)
@@ -149,11 +151,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 def safe_uri(uri: str) -> str:
-    """Drop any user:password@ from a URI before it is printed."""
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
+    """A URI fit to print: any user:password@ and credential values masked."""
+    from transferops.secrets import mask
+
+    return mask(uri)
 
 
 def make_tracker(cfg: Config, enabled: bool = True) -> NullTracker:
