@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.services.conftest import client_env
 from transferops.config import load_config
@@ -122,3 +123,64 @@ def _png(path: Path) -> Path:
     ImageDraw.Draw(img).line([(14, 4), (14, 24)], fill=255, width=3)
     img.save(path)
     return path
+
+
+def test_concurrent_registrations_keep_both_and_champion_on_the_better(tiny_params, tmp_path, mlflow_server):
+    import mlflow
+
+    from transferops.config import apply_overrides
+    from transferops.stages import evaluate, finetune, ingest, pretrain
+
+    base = yaml.safe_load(tiny_params.read_text())
+    budgets = {
+        "weak": ["finetune.epochs=1", "finetune.steps_per_epoch=1"],
+        "strong": ["finetune.epochs=6", "finetune.steps_per_epoch=10"],
+    }
+    files = {}
+    for name, sets in budgets.items():
+        data = apply_overrides(
+            base,
+            sets
+            + [
+                f"base.artifacts_dir={tmp_path / name}",
+                "mlflow.tracking_uri=''",
+                "register.model_name=concurrent-digits",
+                "register.min_accuracy=0.0",
+                "evaluate.from_scratch_baseline=false",
+            ],
+        )
+        files[name] = tmp_path / f"{name}.yaml"
+        files[name].write_text(yaml.safe_dump(data))
+        cfg = load_config(files[name])
+        for stage in (ingest, pretrain, finetune, evaluate):
+            stage.run(cfg)
+    env = client_env(mlflow_server)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "transferops.cli", "register", "--params", str(f)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for f in files.values()
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    regs = {n: _reg(Paths.from_config(load_config(f))) for n, f in files.items()}
+    assert {r["version"] for r in regs.values()} == {"1", "2"}
+    accs = {n: r["candidate_accuracy"] for n, r in regs.items()}
+    assert accs["strong"] > accs["weak"]
+    mlflow.set_tracking_uri(mlflow_server)
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias("concurrent-digits", "champion").version) == regs["strong"]["version"]
+    from transferops.registry.aliases import history
+
+    events = history(client, "concurrent-digits")
+    assert {e["to_version"] for e in events if e["alias"] == "challenger"} == {"1", "2"}
+    decided = {
+        v.version: v.tags["transferops.gate_reason"] for v in client.search_model_versions("name = 'concurrent-digits'")
+    }
+    assert len(decided) == 2 and all(decided.values())

@@ -96,7 +96,13 @@ class MlflowTracker(NullTracker):
             location = None
             if self.uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in ./mlruns of any cwd
                 location = (Path(self.uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
-            return client.create_experiment(name, artifact_location=location)
+            try:
+                return client.create_experiment(name, artifact_location=location)
+            except self.mlflow.exceptions.MlflowException as exc:
+                exp = client.get_experiment_by_name(name)  # another process created it first
+                if exc.error_code == "RESOURCE_ALREADY_EXISTS" and exp is not None:
+                    return exp.experiment_id
+                raise
         except Exception as exc:  # network errors arrive as MlflowException or requests errors
             raise TrackingError(
                 f"{safe_uri(self.uri)}: MLflow tracking server unreachable or refused ({_first_line(exc)})"
