@@ -111,7 +111,7 @@ def evaluate(
     from pathlib import Path
 
     from transferops import kfp_io
-    from transferops.registry.aliases import passes_floor
+    from transferops.registry.aliases import clears_floor
 
     cfg = kfp_io.component_config(params_json, seed, method, labels_per_class, overrides)
     inputs = {"target_data": target_data.path, "source_model": source_model.path, "target_model": target_model.path}
@@ -124,7 +124,7 @@ def evaluate(
     classes = json.loads((Path(target_data.path) / "manifest.json").read_text())["classes"]
     confusion_matrix.log_confusion_matrix(classes, kfp_io.confusion(out, classes))
     Path(report.path).write_text(kfp_io.evaluation_report_html(out))
-    return passes_floor(cfg, float(result.metrics["accuracy"]))
+    return clears_floor(float(result.metrics["accuracy"]), cfg.register.min_accuracy)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -11,16 +11,14 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from transferops import __version__
 from transferops.config import DEFAULT_PARAMS, Config, dump_config, load_config
 from transferops.errors import TransferopsError
+from transferops.stages import STAGES
 
 log = logging.getLogger("transferops")
-
-STAGES = ("ingest", "pretrain", "finetune", "evaluate", "register")
 
 
 def setup_logging(verbose: bool) -> None:
@@ -44,19 +42,11 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def run_stage(name: str, cfg: Config, restart: bool = False):
-    """Run one stage with the MLflow tracker (the only place stage functions are looked up by name)."""
-    from transferops.stages import evaluate, finetune, ingest, pretrain, register
+    """Run one stage with the MLflow tracker."""
+    from transferops.stages import run_stage as run
     from transferops.tracking import make_tracker
 
-    tracker = make_tracker(cfg)
-    calls: dict[str, Callable] = {
-        "ingest": lambda: ingest.run(cfg, tracker),
-        "pretrain": lambda: pretrain.run(cfg, tracker, restart=restart),
-        "finetune": lambda: finetune.run(cfg, tracker, restart=restart),
-        "evaluate": lambda: evaluate.run(cfg, tracker),
-        "register": lambda: register.run(cfg, tracker),
-    }
-    return calls[name]()
+    return run(name, cfg, make_tracker(cfg), restart)
 
 
 def cmd_stage(args: argparse.Namespace) -> int:

@@ -50,14 +50,16 @@ def run_stage_in_workspace(
 
     Returns the result and the workspace (valid until the process exits), for reading reports.
     """
-    from transferops.cli import run_stage
+    from transferops.stages import run_stage
+    from transferops.tracking import make_tracker
 
     ws = Path(tempfile.mkdtemp(prefix=f"transferops-{stage}-"))
     for name, path in inputs.items():
         link = ws / LAYOUT[name]
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(Path(path).resolve(), target_is_directory=True)
-    result = run_stage(stage, replace(cfg, base=replace(cfg.base, artifacts_dir=str(ws))))
+    cfg = replace(cfg, base=replace(cfg.base, artifacts_dir=str(ws)))
+    result = run_stage(stage, cfg, make_tracker(cfg))
     for name, path in outputs.items():
         dest = Path(path)
         if dest.exists():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -98,7 +99,7 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
                 ds.classes,
                 splits,
                 ing.shard_size,
-                extra={"domain": domain, "spec": _spec_dict(spec)},
+                extra={"domain": domain, "spec": asdict(spec)},
             )
             reference = ds.classes
             log.info(
@@ -131,9 +132,3 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
             tracker.log_artifact(out / domain / "manifest.json", f"datasets/{domain}")
         tracker.log_artifact(out / "validation.json", "datasets")
     return result
-
-
-def _spec_dict(spec: DatasetConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(spec)

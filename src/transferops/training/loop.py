@@ -113,6 +113,9 @@ class FitResult:
 class Trainer:
     """One training run of ``model`` with ``strategy``; see the module docstring.
 
+    ``model`` is usually a :class:`TransferNet`; a strategy may train a smaller module instead (a linear
+    probe trains just the head on cached features).
+
     Args:
         streams: the batch streams the strategy asks for (``strategy.streams``).
         val: split for model selection (may be empty: the last epoch is kept).
@@ -123,7 +126,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: TransferNet,
+        model: nn.Module,
         strategy: Strategy,
         cfg: TrainConfig,
         streams: dict[str, BatchStream],
@@ -293,7 +296,7 @@ class Trainer:
 
 
 def train(
-    model: TransferNet,
+    model: nn.Module,
     strategy: Strategy,
     cfg: TrainConfig,
     data: dict[str, Split],
