@@ -51,7 +51,7 @@ def fit_on_target(
     """Prepare ``model`` with ``strategy`` and train it on the target data.
 
     Model selection uses the labelled target val split only when the target has labelled training images;
-    with none (unsupervised adaptation, k = 0) the last epoch is kept and no target label is ever read.
+    with none (unsupervised adaptation, k = 0) the last epoch is kept and no target label is used.
     """
     paths = Paths.from_config(cfg)
     manifest = read_manifest(paths.target_data)
