@@ -61,3 +61,15 @@ def test_torchvision_weights_are_read_from_torch_home(tmp_path, monkeypatch):
     assert torch.equal(m.backbone.layer1[0].conv1.weight, ref.layer1[0].conv1.weight)
     grey = create_model("resnet18", 5, weights="ResNet18_Weights.IMAGENET1K_V1", in_channels=1)
     assert torch.allclose(grey.backbone.conv1.weight[:, 0], ref.conv1.weight.sum(1))
+
+
+def test_weights_from_a_transferops_checkpoint_path(tmp_path):
+    from transferops.config import Config, ModelConfig
+    from transferops.models.io import save_model
+
+    src = create_model("smallcnn", 10, width=8)
+    save_model(tmp_path / "source.pt", src, Config(model=ModelConfig(width=8)), [str(d) for d in range(10)], {})
+    same = create_model("smallcnn", 10, weights=str(tmp_path / "source.pt"), width=8)
+    assert all(torch.equal(v, same.state_dict()[k]) for k, v in src.state_dict().items())
+    other = create_model("smallcnn", 4, weights=str(tmp_path / "source.pt"), width=8)  # new head, same backbone
+    assert torch.equal(other.backbone[0][0].weight, src.backbone[0][0].weight) and other.num_classes == 4
