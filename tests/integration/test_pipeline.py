@@ -85,6 +85,7 @@ def test_cli_pipeline_registers_a_champion_that_reproduces_its_accuracy(tiny_par
     reg2 = json.loads((paths.stage("register") / "registration.json").read_text())
     assert reg2["version"] == "2" and reg2["promoted"] is False and reg2["aliases"] == ["challenger"]
     assert "< champion v1" in reg2["reason"]
+    assert reg2["champion_accuracy"] == metrics["accuracy"]  # v1 re-scored now through MLflow, exactly
     assert str(client.get_model_version_by_alias(cfg.register.model_name, "champion").version) == "1"
 
 

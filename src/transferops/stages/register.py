@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from transferops.config import Config
+from transferops.data.batches import iterate
 from transferops.data.shards import Split, load_split, read_manifest
 from transferops.errors import TrackingError
 from transferops.lineage import file_sha256, lineage
@@ -55,12 +56,17 @@ def pip_requirements() -> list[str]:
 
 
 def score_uri(model_uri: str, test: Split) -> float:
-    """Accuracy on ``test`` of a model loaded from MLflow (the torch flavour)."""
+    """Accuracy on ``test`` of a model loaded from MLflow (the torch flavour).
+
+    The logged model is a torch.export program: already an inference graph, it refuses ``.eval()``, so it
+    is called as is rather than through :func:`predict`.
+    """
     import mlflow.pytorch
 
     model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-    probs = predict(model, test)
-    return float((probs.argmax(1) == test.labels).mean())
+    with torch.no_grad():
+        preds = np.concatenate([model(x).argmax(1).numpy() for x, _ in iterate(test, 512)])
+    return float((preds == test.labels).mean())
 
 
 def model_card(
@@ -193,7 +199,7 @@ def run(cfg: Config, tracker: MlflowTracker) -> StageResult:
             t.log_artifact(paths.target_model, "checkpoint")
             tags = {
                 FINGERPRINT_TAG: fingerprint,
-                "transferops.accuracy": f"{candidate:.6f}",
+                "transferops.accuracy": repr(candidate),  # full precision: the gate compares it
                 "transferops.promoted": str(decision.promoted).lower(),
                 "transferops.gate_reason": decision.reason,
                 "transferops.classes": ",".join(target["classes"]),
