@@ -87,6 +87,12 @@ def test_cli_pipeline_registers_a_champion_that_reproduces_its_accuracy(tiny_par
     assert "< champion v1" in reg2["reason"]
     assert reg2["champion_accuracy"] == metrics["accuracy"]  # v1 re-scored now through MLflow, exactly
     assert str(client.get_model_version_by_alias(cfg.register.model_name, "champion").version) == "1"
+    # a tolerant gate promotes an equal candidate, and the promotion sticks (nothing settles it back)
+    tolerant = cli("register", "--params", str(tiny_params), "--set", "register.min_delta=-0.01", cwd=tmp_path)
+    assert tolerant.returncode == 0, tolerant.stderr[-2000:]
+    reg3 = json.loads((paths.stage("register") / "registration.json").read_text())
+    assert reg3["version"] == "3" and reg3["promoted"] is True and "champion" in reg3["aliases"]
+    assert str(client.get_model_version_by_alias(cfg.register.model_name, "champion").version) == "3"
 
 
 def test_bad_params_fail_with_one_line_and_write_nothing(tiny_params, tmp_path):

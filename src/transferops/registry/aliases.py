@@ -84,33 +84,40 @@ def history(client, name: str) -> list[dict[str, Any]]:
     return [json.loads(tags[k]) for k in keys]
 
 
-def settle_champion(client, name: str, alias: str, target_version: str, run_id: str | None = None) -> str | None:
-    """Make ``alias`` point at the best promoted version scored on the same target data; returns it.
+CHAMPION_SEEN_TAG = "transferops.champion_seen"
+"""The champion version a candidate's gate was decided against ("none" when there was none)."""
+
+
+def settle_champion(client, name: str, alias: str, champion_seen: str, run_id: str | None = None) -> str | None:
+    """Resolve a race between registrations that were gated against the same champion; returns the winner.
 
     Two pipelines registering at once both decide against the champion they saw, so the one that moves the
-    alias last would win whatever its accuracy. Every registration therefore ends with this settling step:
-    each version registers (and tags its accuracy) before it moves any alias, so the last process to settle
-    sees every candidate and leaves the alias on the best one.
+    alias last would win whatever its accuracy. Each version records the champion it saw before it moves any
+    alias; this step looks at the promoted versions that saw the same champion (the concurrent peers) and
+    leaves the alias on the most accurate of them. Sequential registrations have no peers, so a promotion
+    made under a negative ``min_delta`` is never undone here.
     """
     versions = client.search_model_versions(f"name = '{name}'")
-    eligible = [
+    peers = [
         (float(v.tags["transferops.accuracy"]), int(v.version))
         for v in versions
-        if v.tags.get("transferops.promoted") == "true" and v.tags.get("transferops.target_version") == target_version
+        if v.tags.get("transferops.promoted") == "true" and v.tags.get(CHAMPION_SEEN_TAG) == champion_seen
     ]
-    if not eligible:
+    if not peers:
         return None
-    best = str(max(eligible)[1])
-    if current_alias(client, name, alias) != best:
+    best = str(max(peers)[1])
+    current = current_alias(client, name, alias)
+    if current != best and (current in {str(v) for _, v in peers} or current == champion_seen):
         move_alias(
             client,
             name,
             alias,
             best,
-            f"settled: v{best} is the best promoted version (concurrent registration)",
+            f"settled: v{best} beat concurrent candidates gated against champion {champion_seen}",
             run_id,
         )
-    return best
+        return best
+    return current
 
 
 def promote(client, name: str, version: str, alias: str = "champion", reason: str = "manual promotion") -> dict:

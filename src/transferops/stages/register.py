@@ -24,7 +24,14 @@ from transferops.errors import TrackingError
 from transferops.lineage import file_sha256, lineage
 from transferops.models.io import load_model
 from transferops.paths import Paths
-from transferops.registry.aliases import GateDecision, current_alias, decide, move_alias, settle_champion
+from transferops.registry.aliases import (
+    CHAMPION_SEEN_TAG,
+    GateDecision,
+    current_alias,
+    decide,
+    move_alias,
+    settle_champion,
+)
 from transferops.stages.common import (
     StageResult,
     read_json,
@@ -202,6 +209,7 @@ def run(cfg: Config, tracker: MlflowTracker) -> StageResult:
                 "transferops.accuracy": repr(candidate),  # full precision: the gate compares it
                 "transferops.promoted": str(decision.promoted).lower(),
                 "transferops.gate_reason": decision.reason,
+                CHAMPION_SEEN_TAG: decision.champion_version or "none",
                 "transferops.classes": ",".join(target["classes"]),
                 **{f"transferops.{k}": str(v) for k, v in lin.items()},
             }
@@ -213,7 +221,9 @@ def run(cfg: Config, tracker: MlflowTracker) -> StageResult:
             move_alias(client, reg.model_name, reg.challenger_alias, version, "new candidate", t.run_id)
             if decision.promoted:
                 move_alias(client, reg.model_name, reg.champion_alias, version, decision.reason, t.run_id)
-                settle_champion(client, reg.model_name, reg.champion_alias, str(lin.get("target_version")), t.run_id)
+                settle_champion(
+                    client, reg.model_name, reg.champion_alias, decision.champion_version or "none", t.run_id
+                )
         aliases = sorted(client.get_model_version(reg.model_name, version).aliases)
         registration = {
             "model_name": reg.model_name,
