@@ -24,17 +24,13 @@ def ingest(
     validation: Output[Metrics],
 ):
     """Read, validate, split and shard the source and target datasets (transferops.stages.ingest)."""
-    import json
 
     from transferops import kfp_io
 
     cfg = kfp_io.component_config(params_json, seed, method, labels_per_class, overrides)
     outputs = {"source_data": source_data.path, "target_data": target_data.path}
     result, _ = kfp_io.run_stage_in_workspace("ingest", cfg, {}, outputs)
-    for key, value in kfp_io.scalar_metrics(result.metrics).items():
-        validation.log_metric(key, value)
-    with open(validation.path, "w") as f:  # a file too, so the local cache finds the artifact
-        json.dump(result.metrics, f)
+    kfp_io.record_metrics(validation, result.metrics)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -49,17 +45,13 @@ def pretrain(
     metrics: Output[Metrics],
 ):
     """Train the model on the labelled source domain (transferops.stages.pretrain)."""
-    import json
 
     from transferops import kfp_io
 
     cfg = kfp_io.component_config(params_json, seed, method, labels_per_class, overrides)
     inputs = {"source_data": source_data.path}
     result, _ = kfp_io.run_stage_in_workspace("pretrain", cfg, inputs, {"source_model": source_model.path})
-    for key, value in kfp_io.scalar_metrics(result.metrics).items():
-        metrics.log_metric(key, value)
-    with open(metrics.path, "w") as f:
-        json.dump(result.metrics, f)
+    kfp_io.record_metrics(metrics, result.metrics)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -76,7 +68,6 @@ def finetune(
     metrics: Output[Metrics],
 ):
     """Transfer the source model to the target domain with the configured method (transferops.stages.finetune)."""
-    import json
 
     from transferops import kfp_io
 
@@ -84,10 +75,7 @@ def finetune(
     inputs = {"source_data": source_data.path, "target_data": target_data.path, "source_model": source_model.path}
     result, _ = kfp_io.run_stage_in_workspace("finetune", cfg, inputs, {"target_model": target_model.path})
     target_model.metadata["method"] = method
-    for key, value in kfp_io.scalar_metrics(result.metrics).items():
-        metrics.log_metric(key, value)
-    with open(metrics.path, "w") as f:
-        json.dump(result.metrics, f)
+    kfp_io.record_metrics(metrics, result.metrics)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -117,10 +105,7 @@ def evaluate(
     inputs = {"target_data": target_data.path, "source_model": source_model.path, "target_model": target_model.path}
     result, _ = kfp_io.run_stage_in_workspace("evaluate", cfg, inputs, {"evaluation": evaluation.path})
     out = Path(evaluation.path)
-    for key, value in kfp_io.scalar_metrics(result.metrics).items():
-        metrics.log_metric(key, value)
-    with open(metrics.path, "w") as f:
-        json.dump(result.metrics, f)
+    kfp_io.record_metrics(metrics, result.metrics)
     classes = json.loads((Path(target_data.path) / "manifest.json").read_text())["classes"]
     confusion_matrix.log_confusion_matrix(classes, kfp_io.confusion(out, classes))
     Path(report.path).write_text(kfp_io.evaluation_report_html(out))

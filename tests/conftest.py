@@ -40,6 +40,38 @@ def tiny_dict(tmp_path: Path) -> dict:
     )
 
 
+def dvc_repo(tmp_path: Path, tracking_uri: str) -> tuple[Path, dict[str, str]]:
+    """A throwaway git + DVC repo holding the real dvc.yaml, the library and a tiny params.yaml.
+
+    Returns the repo and the environment to run ``dvc`` in (this venv's bin first on PATH).
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(REPO / "dvc.yaml", repo)
+    shutil.copytree(
+        REPO / "src" / "transferops", repo / "src" / "transferops", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    params = tiny_dict(repo)
+    params["base"]["artifacts_dir"] = "artifacts"
+    params["mlflow"]["tracking_uri"] = tracking_uri
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True, timeout=120)
+    return repo, env
+
+
 @pytest.fixture
 def tiny_params(tmp_path: Path) -> Path:
     """A tiny params file in a temp dir (its artifacts and MLflow store live there too)."""

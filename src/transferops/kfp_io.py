@@ -9,6 +9,7 @@ stage's outputs to the output artifact paths.
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import tempfile
 from dataclasses import replace
@@ -103,3 +104,11 @@ def confusion(evaluate_dir: Path, classes: list[str]) -> list[list[int]]:
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The numeric entries of a metrics dict (what a KFP Metrics artifact can show)."""
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def record_metrics(artifact, metrics: dict[str, Any]) -> None:
+    """Fill a KFP Metrics artifact: each number for the UI, and the whole dict as a file at its path (a
+    Metrics artifact with no file counts as missing for the local cache)."""
+    for key, value in scalar_metrics(metrics).items():
+        artifact.log_metric(key, value)
+    Path(artifact.path).write_text(json.dumps(metrics, default=str))

@@ -1,15 +1,10 @@
 """`dvc repro` of the real dvc.yaml on a tiny params.yaml, in a throwaway git repo."""
 
-import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from tests.conftest import REPO, tiny_dict
+from tests.conftest import dvc_repo
 
 
 def sh(*cmd: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -19,28 +14,8 @@ def sh(*cmd: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 def test_dvc_repro_runs_all_stages_then_is_a_noop(tmp_path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    shutil.copy(REPO / "dvc.yaml", repo)
-    shutil.copytree(
-        REPO / "src" / "transferops", repo / "src" / "transferops", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    params = tiny_dict(repo)
-    params["base"]["artifacts_dir"] = "artifacts"
-    params["mlflow"]["tracking_uri"] = ""
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    sh("git", "init", "-q", cwd=repo, env=env)
-    sh("dvc", "init", "-q", cwd=repo, env=env)
-    sh("dvc", "config", "core.analytics", "false", cwd=repo, env=env)
+    repo, env = dvc_repo(tmp_path, "")
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = sh("dvc", "repro", cwd=repo, env=env).stdout
     for stage in ("ingest", "pretrain", "finetune", "evaluate", "register"):
         assert f"Running stage '{stage}'" in out

@@ -1,18 +1,15 @@
 """S3 for data: ingest from an s3:// prefix, and a DVC remote on the S3 server (push, pull, repro no-op)."""
 
 import hashlib
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from tests.conftest import REPO, tiny_dict
+from tests.conftest import dvc_repo
 from transferops.config import DatasetConfig
 from transferops.data.readers import read_dataset
 from transferops.errors import DataError
@@ -68,33 +65,13 @@ def _digest(root: Path) -> dict[str, str]:
 def test_dvc_push_pull_through_s3_remote(s3, tmp_path):
     url, client = s3
     client.create_bucket(Bucket="dvc-store")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    shutil.copy(REPO / "dvc.yaml", repo)
-    shutil.copytree(
-        REPO / "src" / "transferops", repo / "src" / "transferops", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    params = tiny_dict(repo)
-    params["base"]["artifacts_dir"] = "artifacts"
-    params["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
+    repo, env = dvc_repo(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     def sh(*cmd):
         r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, f"{cmd}: {r.stdout[-1500:]}\n{r.stderr[-2500:]}"
         return r.stdout
 
-    sh("git", "init", "-q")
-    sh("dvc", "init", "-q")
-    sh("dvc", "config", "core.analytics", "false")
     # the documented remote set-up; credentials come from the environment only
     sh("dvc", "remote", "add", "-d", "storage", "s3://dvc-store/transferops")
     sh("dvc", "remote", "modify", "storage", "endpointurl", url)
