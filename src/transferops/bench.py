@@ -296,9 +296,9 @@ def methods_markdown(report: dict[str, Any]) -> str:
 
 
 def _curve_png(curve: dict[str, list], path: Path) -> None:
-    from transferops.evaluation.plots import _pyplot
+    from transferops.evaluation.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ks = curve["labels_per_class"]
     for name, vals in curve.items():

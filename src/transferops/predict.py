@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferops.data.readers import _read_image_file
+from transferops.data.readers import read_image_file
 from transferops.errors import TrackingError
 
 
@@ -43,7 +43,7 @@ def predict_files(model_uri: str, files: list[Path]) -> list[tuple[str, str, flo
         raise TrackingError(f"{model_uri}: cannot load the model ({str(exc).splitlines()[0][:200]})") from None
     shape = info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]
     channels, size = int(shape[1]), int(shape[2])
-    images = np.stack([_read_image_file(Path(f), size, channels, str(f)) for f in files]).astype(np.float32) / 255
+    images = np.stack([read_image_file(Path(f), size, channels, str(f)) for f in files]).astype(np.float32) / 255
     with torch.no_grad():
         probs = torch.softmax(model(torch.from_numpy(images)), dim=1).numpy()
     classes = _classes(model_uri)

@@ -113,14 +113,14 @@ def _read_folder(root: Path, size: int, channels: int, label: str) -> RawDataset
             raise DataError(f"{class_dir}: empty class folder (expected at least one image)")
         for file in files:
             rel = f"{label}/{file.relative_to(root)}"
-            images.append(_read_image_file(file, size, channels, rel))
+            images.append(read_image_file(file, size, channels, rel))
             labels.append(c)
             origins.append(rel)
     log.info("read %d images in %d classes from %s", len(images), len(class_dirs), label)
     return RawDataset(np.stack(images), np.asarray(labels, dtype=np.int64), [p.name for p in class_dirs], origins)
 
 
-def _read_image_file(file: Path, size: int, channels: int, origin: str) -> np.ndarray:
+def read_image_file(file: Path, size: int, channels: int, origin: str) -> np.ndarray:
     if file.stat().st_size == 0:
         raise DataError(f"{origin}: zero-byte file (expected an image)")
     if file.suffix.lower() not in IMAGE_SUFFIXES:

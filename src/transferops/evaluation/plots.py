@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never opens a window
@@ -18,7 +18,7 @@ def _pyplot():
 
 
 def confusion_matrix_png(cm: np.ndarray, classes: list[str], path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=90 if len(classes) > 12 else 0)
@@ -45,7 +45,7 @@ def confusion_matrix_png(cm: np.ndarray, classes: list[str], path: Path, title: 
 
 
 def reliability_png(bins: dict[str, np.ndarray], ece: float, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     centers = (bins["lower"] + bins["upper"]) / 2
     width = bins["upper"] - bins["lower"]

@@ -66,6 +66,27 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
     tmp.rename(out_dir)
 
 
+def write_trained_model(
+    stage: str, cfg: Config, model, classes: list[str], fit, metrics: dict[str, Any], lin: dict[str, Any], tracker
+) -> StageResult:
+    """Outputs of a training stage (pretrain, finetune), all or nothing: checkpoint, metrics, per-epoch
+    history, resolved params and result; then the metrics and checkpoint go to the stage's MLflow run."""
+    from transferops.models.io import save_model
+    from transferops.paths import Paths
+
+    final = Paths.from_config(cfg).stage(stage)
+    with staged_output(final) as out:
+        save_model(out / "model.pt", model, cfg, classes, lin)
+        write_json(out / "metrics.json", metrics)
+        write_json(out / "history.json", fit.history)
+        save_resolved_config(cfg, out)
+        result = StageResult(stage, {"model": str(final / "model.pt")}, metrics, tracker.run_id, lin)
+        write_json(out / "result.json", result.to_dict())
+    tracker.log_metrics({k: v for k, v in metrics.items() if k != "best_epoch"})
+    tracker.log_artifact(final / "model.pt", "checkpoint")
+    return result
+
+
 def start_stage(cfg: Config) -> None:
     """Seed and configure torch for a stage (called at the top of every ``run``)."""
     import torch

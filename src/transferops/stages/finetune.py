@@ -16,9 +16,9 @@ from transferops.config import Config, TrainConfig
 from transferops.data.shards import Split, load_split, read_manifest
 from transferops.lineage import file_sha256, lineage
 from transferops.models import TransferNet, create_model
-from transferops.models.io import load_model, save_model
+from transferops.models.io import load_model
 from transferops.paths import Paths
-from transferops.stages.common import StageResult, save_resolved_config, staged_output, start_stage, write_json
+from transferops.stages.common import StageResult, start_stage, write_trained_model
 from transferops.tracking import NullTracker
 from transferops.training.loop import FitResult, train
 from transferops.training.seeding import resolve_device
@@ -131,24 +131,14 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
             cfg, model, strategy, cfg.finetune, same, tracker.log_metrics, "finetune", paths.state("finetune"), restart
         )
         metrics = {
-            "val_accuracy": _none_if_nan(
-                fit.best_val_accuracy if cfg.finetune.select_best else fit.history[-1]["val_accuracy"]
-            ),
+            "val_accuracy": fit.selected_val_accuracy(cfg.finetune.select_best),
             "labels_per_class": target["splits"]["labeled"]["count"] // max(1, len(target["classes"])),
             "best_epoch": fit.best_epoch,
             "steps": fit.steps,
             "seconds": round(fit.seconds, 2),
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
-        with staged_output(paths.stage("finetune")) as out:
-            save_model(out / "model.pt", model, cfg, target["classes"], lin)
-            write_json(out / "metrics.json", metrics)
-            write_json(out / "history.json", fit.history)
-            save_resolved_config(cfg, out)
-            result = StageResult("finetune", {"model": str(paths.target_model)}, metrics, tracker.run_id, lin)
-            write_json(out / "result.json", result.to_dict())
-        tracker.log_metrics({k: v for k, v in metrics.items() if k != "best_epoch"})
-        tracker.log_artifact(paths.target_model, "checkpoint")
+        result = write_trained_model("finetune", cfg, model, target["classes"], fit, metrics, lin, tracker)
     val = metrics["val_accuracy"]
     log.info(
         "finetune done in %.1fs: %s",
@@ -156,8 +146,3 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
         "no target labels read (k = 0)" if val is None else f"target val accuracy {val:.4f}",
     )
     return result
-
-
-def _none_if_nan(x: float) -> float | None:
-    """No target val split is read at k = 0: report null rather than NaN (not valid JSON)."""
-    return None if x != x else x

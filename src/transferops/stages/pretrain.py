@@ -12,9 +12,8 @@ from transferops.config import Config
 from transferops.data.shards import load_split, read_manifest
 from transferops.lineage import lineage
 from transferops.models import create_model
-from transferops.models.io import save_model
 from transferops.paths import Paths
-from transferops.stages.common import StageResult, save_resolved_config, staged_output, start_stage, write_json
+from transferops.stages.common import StageResult, start_stage, write_trained_model
 from transferops.tracking import NullTracker
 from transferops.training.loop import train
 from transferops.training.seeding import resolve_device
@@ -61,22 +60,12 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
             restart,
         )
         metrics = {
-            "source_val_accuracy": fit.best_val_accuracy
-            if cfg.pretrain.select_best
-            else fit.history[-1]["val_accuracy"],
+            "source_val_accuracy": fit.selected_val_accuracy(cfg.pretrain.select_best),
             "best_epoch": fit.best_epoch,
             "steps": fit.steps,
             "seconds": round(fit.seconds, 2),
             "parameters": n_params,
         }
-        with staged_output(paths.stage("pretrain")) as out:
-            save_model(out / "model.pt", model, cfg, manifest["classes"], lin)
-            write_json(out / "metrics.json", metrics)
-            write_json(out / "history.json", fit.history)
-            save_resolved_config(cfg, out)
-            result = StageResult("pretrain", {"model": str(paths.source_model)}, metrics, tracker.run_id, lin)
-            write_json(out / "result.json", result.to_dict())
-        tracker.log_metrics({k: v for k, v in metrics.items() if k != "best_epoch"})
-        tracker.log_artifact(paths.source_model, "checkpoint")
-    log.info("pretrain done: source val accuracy %.4f in %.1fs", metrics["source_val_accuracy"], fit.seconds)
+        result = write_trained_model("pretrain", cfg, model, manifest["classes"], fit, metrics, lin, tracker)
+    log.info("pretrain done in %.1fs: source val accuracy %s", fit.seconds, metrics["source_val_accuracy"])
     return result

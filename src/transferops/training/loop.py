@@ -109,6 +109,11 @@ class FitResult:
     seconds: float = 0.0
     resumed_from_step: int = 0
 
+    def selected_val_accuracy(self, select_best: bool) -> float | None:
+        """Val accuracy of the weights kept (best epoch or last); None when no val split was read."""
+        acc = self.best_val_accuracy if select_best else self.history[-1]["val_accuracy"]
+        return None if math.isnan(acc) else acc
+
 
 class Trainer:
     """One training run of ``model`` with ``strategy``; see the module docstring.
