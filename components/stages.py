@@ -92,24 +92,20 @@ def evaluate(
     metrics: Output[Metrics],
     confusion_matrix: Output[ClassificationMetrics],
     report: Output[HTML],
-) -> bool:
-    """Score on the target test split against the baselines; returns whether the candidate passes the gate's
-    floor (register.min_accuracy), which decides whether the DAG registers it."""
-    import json
+):
+    """Score on the target test split against the source-only and from-scratch baselines
+    (transferops.stages.evaluate); the gate itself is the register step's."""
     from pathlib import Path
 
     from transferops import kfp_io
-    from transferops.registry.aliases import clears_floor
 
     cfg = kfp_io.component_config(params_json, seed, method, labels_per_class, overrides)
     inputs = {"target_data": target_data.path, "source_model": source_model.path, "target_model": target_model.path}
     result, _ = kfp_io.run_stage_in_workspace("evaluate", cfg, inputs, {"evaluation": evaluation.path})
-    out = Path(evaluation.path)
     kfp_io.record_metrics(metrics, result.metrics)
-    classes = json.loads((Path(target_data.path) / "manifest.json").read_text())["classes"]
-    confusion_matrix.log_confusion_matrix(classes, kfp_io.confusion(out, classes))
-    Path(report.path).write_text(kfp_io.evaluation_report_html(out))
-    return clears_floor(float(result.metrics["accuracy"]), cfg.register.min_accuracy)
+    classes, matrix = kfp_io.confusion(Path(evaluation.path))
+    confusion_matrix.log_confusion_matrix(classes, matrix)
+    Path(report.path).write_text(kfp_io.evaluation_report_html(Path(evaluation.path)))
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -124,7 +120,8 @@ def register(
     evaluation: Input[Artifact],
     registration: Output[Artifact],
 ) -> str:
-    """Log to MLflow, register, alias challenger and promote to champion if it beats the champion."""
+    """Gate, register and alias the candidate (transferops.registry.gate.register_candidate, as the CLI and DVC
+    do): below register.min_accuracy nothing is registered; returns the version ("" when none)."""
     import json
     from pathlib import Path
 
@@ -135,4 +132,4 @@ def register(
     result, _ = kfp_io.run_stage_in_workspace("register", cfg, inputs, {"registration": registration.path})
     reg = json.loads((Path(registration.path) / "registration.json").read_text())
     registration.metadata.update({k: reg[k] for k in ("model_name", "version", "promoted", "reason")})
-    return str(reg["version"])
+    return str(reg["version"] or "")

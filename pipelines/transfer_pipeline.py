@@ -1,4 +1,4 @@
-"""``transfer_pipeline``: ingest -> pretrain -> finetune -> evaluate -> dsl.If(gate passed) -> register.
+"""``transfer_pipeline``: ingest -> pretrain -> finetune -> evaluate -> register (whose gate decides).
 
 Pipeline parameters default from ``params.yaml``, read when the pipeline is built (compiled): the whole file
 travels as ``params_json`` (one line of JSON) and the knobs people turn most (seed, method, labels per class)
@@ -101,19 +101,18 @@ def build_pipeline(params_path: Path = DEFAULT_PARAMS, cfg: "Config | None" = No
             kfp,
         )
         evaluate.set_display_name("evaluate")
-        # the single return value ("Output"): kfp.local cannot resolve NamedTuple outputs in a condition
-        with dsl.If(evaluate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
-            register = _place(
-                c.register(
-                    target_data=ingest.outputs["target_data"],
-                    target_model=finetune.outputs["target_model"],
-                    evaluation=evaluate.outputs["evaluation"],
-                    **common,
-                ),
-                kfp.cpu,
-                kfp,
-            )
-            register.set_caching_options(False).set_display_name("register")
+        # no condition here: the gate is the library's (register_candidate), the same for every adapter
+        register = _place(
+            c.register(
+                target_data=ingest.outputs["target_data"],
+                target_model=finetune.outputs["target_model"],
+                evaluation=evaluate.outputs["evaluation"],
+                **common,
+            ),
+            kfp.cpu,
+            kfp,
+        )
+        register.set_caching_options(False).set_display_name("register")
 
     return transfer_pipeline
 

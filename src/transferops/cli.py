@@ -168,9 +168,10 @@ def _registry_client(args: argparse.Namespace):
 
 def cmd_registry(args: argparse.Namespace) -> int:
     from transferops.registry import aliases
+    from transferops.registry.gate import model_name
 
     client = _registry_client(args)
-    name = args.name or _config(args).register.model_name
+    name = args.name or model_name(_config(args))
     if args.action == "history":
         events = aliases.history(client, name)
         print(f"{'time':20}  {'alias':10}  {'kind':8}  {'from':>4} -> {'to':<4}  reason")

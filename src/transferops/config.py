@@ -123,6 +123,11 @@ class IngestConfig:
     """A class with fewer images than this fails ingest (an empty class folder always does)."""
     class_map: dict[str, str] = field(default_factory=dict)
     """Renames target classes onto source classes (e.g. {"zero": "0"}) when their names differ."""
+    archive_max_gib: float = 64.0
+    """A .zip/.tar dataset whose uncompressed size exceeds this is refused (checked from its header before
+    extracting, and against the bytes really written while extracting)."""
+    archive_max_entries: int = 5_000_000
+    """A .zip/.tar dataset with more entries than this is refused before extracting."""
     source: DatasetConfig = field(default_factory=lambda: DatasetConfig(split=SplitConfig(0.0, 30, None)))
     target: DatasetConfig = field(
         default_factory=lambda: DatasetConfig(kind="sklearn_digits", split=SplitConfig(0.3, 5, 1))
@@ -132,6 +137,8 @@ class IngestConfig:
         _check(self.image_size >= 8, "image_size", "an int >= 8", self.image_size)
         _check(self.channels in (1, 3), "channels", "1 or 3", self.channels)
         _check(self.shard_size > 0, "shard_size", "an int > 0", self.shard_size)
+        _check(self.archive_max_gib > 0, "archive_max_gib", "a float > 0", self.archive_max_gib)
+        _check(self.archive_max_entries > 0, "archive_max_entries", "an int > 0", self.archive_max_entries)
 
 
 @dataclass(frozen=True)
@@ -390,17 +397,18 @@ class EvaluateConfig:
 class RegisterConfig:
     """The MLflow model registry and the promotion gate."""
 
-    model_name: str = "transferops-digits"
+    model_name: str = ""
+    """Registered model name; empty: ``transferops-<target dataset>`` (``transferops-digits`` for the embedded
+    target). A name stands for one task (class list and input shape): another task is refused under it."""
     challenger_alias: str = "challenger"
     champion_alias: str = "champion"
     min_accuracy: float = 0.5
-    """Absolute floor: a candidate below it is never promoted."""
+    """Absolute floor: a candidate below it is not registered at all (the decision is still logged)."""
     min_delta: float = 0.0
     """Promote when accuracy >= champion accuracy + min_delta, both scored now on the same test split;
     a negative value tolerates a small drop (e.g. -0.01), a positive one demands a real improvement."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.model_name), "model_name", "a non-empty name", self.model_name)
         _check(0.0 <= self.min_accuracy <= 1.0, "min_accuracy", "a float in [0, 1]", self.min_accuracy)
         _check(-1.0 <= self.min_delta <= 1.0, "min_delta", "a float in [-1, 1]", self.min_delta)
 

@@ -23,3 +23,7 @@ class TrainingError(TransferopsError):
 
 class TrackingError(TransferopsError):
     """The MLflow server or registry is unreachable or refused a request."""
+
+
+class GateError(TransferopsError):
+    """The registry refuses a candidate: it belongs to another task than the registered model name."""

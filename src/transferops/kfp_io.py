@@ -89,16 +89,10 @@ def evaluation_report_html(evaluate_dir: Path) -> str:
     )
 
 
-def confusion(evaluate_dir: Path, classes: list[str]) -> list[list[int]]:
-    """The confusion matrix rows from predictions.csv (for a KFP ClassificationMetrics artifact)."""
-    import csv
-
-    index = {c: i for i, c in enumerate(classes)}
-    cm = [[0] * len(classes) for _ in classes]
-    with open(evaluate_dir / "predictions.csv") as f:
-        for row in csv.DictReader(f):
-            cm[index[row["actual"]]][index[row["predicted"]]] += 1
-    return cm
+def confusion(evaluate_dir: Path) -> tuple[list[str], list[list[int]]]:
+    """(classes, matrix rows) as the evaluate stage wrote them (for a KFP ClassificationMetrics artifact)."""
+    data = read_json(evaluate_dir / "confusion_matrix.json")
+    return data["classes"], data["matrix"]
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:

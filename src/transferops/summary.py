@@ -21,6 +21,11 @@ def summary_text(cfg: Config, tracking_uri: str) -> str:
     except FileNotFoundError as exc:
         raise TransferopsError(f"{exc.filename}: not found (the pipeline has not completed)") from None
     gain = m.get("transfer_gain")
+    registered = (
+        f"{r['model_name']} version {r['version']}, aliases: {', '.join(r['aliases']) or 'none'}"
+        if r.get("version")
+        else f"{r['model_name']}: nothing registered"
+    )
     ui = (
         f"mlflow ui --backend-store-uri {safe_uri(tracking_uri)}"
         if tracking_uri.startswith("sqlite")
@@ -35,7 +40,7 @@ def summary_text(cfg: Config, tracking_uri: str) -> str:
             f"  source-only baseline  {_pct(m.get('source_only_accuracy'))}",
             f"  from-scratch baseline {_pct(m.get('from_scratch_accuracy'))}",
             f"  transfer gain         {'   n/a' if gain is None else f'{100 * gain:+5.1f}'} points",
-            f"  registered model      {r['model_name']} version {r['version']}, aliases: {', '.join(r['aliases'])}",
+            f"  registered model      {registered}",
             f"  gate                  {'promoted to champion' if r['promoted'] else 'not promoted'}: {r['reason']}",
             f"  outputs               {paths.root}/ (metrics: {paths.stage('evaluate')}/metrics.json)",
             f"  MLflow UI             {ui}",

@@ -11,6 +11,7 @@ import pytest
 from transferops.config import load_config
 from transferops.data.shards import load_split
 from transferops.paths import Paths
+from transferops.registry.gate import model_name
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -27,6 +28,8 @@ def test_cli_pipeline_registers_a_champion_that_reproduces_its_accuracy(tiny_par
     assert r.returncode == 0, r.stderr[-3000:]
     assert "transferops pipeline summary" in r.stdout and "transfer gain" in r.stdout
     cfg = load_config(tiny_params)
+    name = model_name(cfg)
+    assert name == "transferops-digits"  # derived from the embedded target
     paths = Paths.from_config(cfg)
     metrics = json.loads((paths.stage("evaluate") / "metrics.json").read_text())
     for key in (
@@ -45,19 +48,19 @@ def test_cli_pipeline_registers_a_champion_that_reproduces_its_accuracy(tiny_par
         assert (paths.stage("evaluate") / png).read_bytes()[:4] == b"\x89PNG"
 
     reg = json.loads((paths.stage("register") / "registration.json").read_text())
-    assert reg["model_name"] == cfg.register.model_name and reg["version"] == "1"
+    assert reg["model_name"] == name and reg["version"] == "1"
     assert reg["promoted"] is True and reg["aliases"] == ["challenger", "champion"]
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     client = mlflow.MlflowClient()
-    assert client.get_model_version_by_alias(cfg.register.model_name, "champion").version in ("1", 1)
-    version = client.get_model_version(cfg.register.model_name, "1")
+    assert client.get_model_version_by_alias(name, "champion").version in ("1", 1)
+    version = client.get_model_version(name, "1")
     assert (
         version.tags["transferops.target_version"]
         == json.loads((paths.target_data / "manifest.json").read_text())["version"]
     )
     assert "transfer gain" in version.description
-    champion = mlflow.pytorch.load_model(f"models:/{cfg.register.model_name}@champion")
+    champion = mlflow.pytorch.load_model(f"models:/{name}@champion")
     test = load_split(paths.target_data, "test")
     import torch
 
@@ -86,13 +89,13 @@ def test_cli_pipeline_registers_a_champion_that_reproduces_its_accuracy(tiny_par
     assert reg2["version"] == "2" and reg2["promoted"] is False and reg2["aliases"] == ["challenger"]
     assert "< champion v1" in reg2["reason"]
     assert reg2["champion_accuracy"] == metrics["accuracy"]  # v1 re-scored now through MLflow, exactly
-    assert str(client.get_model_version_by_alias(cfg.register.model_name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
     # a tolerant gate promotes an equal candidate, and the promotion sticks (nothing settles it back)
     tolerant = cli("register", "--params", str(tiny_params), "--set", "register.min_delta=-0.01", cwd=tmp_path)
     assert tolerant.returncode == 0, tolerant.stderr[-2000:]
     reg3 = json.loads((paths.stage("register") / "registration.json").read_text())
     assert reg3["version"] == "3" and reg3["promoted"] is True and "champion" in reg3["aliases"]
-    assert str(client.get_model_version_by_alias(cfg.register.model_name, "champion").version) == "3"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "3"
 
 
 def test_bad_params_fail_with_one_line_and_write_nothing(tiny_params, tmp_path):

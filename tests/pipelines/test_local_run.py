@@ -38,11 +38,17 @@ def test_dag_runs_end_to_end_and_registers(tiny_params, tmp_path, monkeypatch):
     assert float(mv.tags["transferops.accuracy"]) == pytest.approx(metrics["accuracy"], abs=1e-6)
 
 
-def test_failing_gate_skips_register(tiny_params, tmp_path, monkeypatch):
+def test_failing_gate_registers_nothing(tiny_params, tmp_path, monkeypatch):
+    import mlflow
+
     from pipelines.transfer_pipeline import run_local
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'kfp-mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'kfp-mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     run_local(tiny_params, tmp_path / "root", {"overrides": ["register.min_accuracy=1.0"]})
     run = _run_dir(tmp_path / "root")
     assert (run / "evaluate" / "metrics").is_file()
-    assert not (run / "register").exists()
+    reg = json.loads((run / "register" / "registration" / "registration.json").read_text())
+    assert reg["registered"] is False and reg["version"] is None and "min_accuracy" in reg["reason"]
+    mlflow.set_tracking_uri(uri)
+    assert mlflow.MlflowClient().search_model_versions("name = 'transferops-digits'") == []

@@ -1,5 +1,6 @@
 import struct
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def test_zip_slip_is_refused_and_nothing_written(tmp_path, name):
     dest = tmp_path / "out"
     dest.mkdir()
     with pytest.raises(DataError, match="escape the extraction dir"):
-        archive.safe_extract(zpath, dest)
+        archive.safe_extract(zpath, dest, LIMITS)
     assert list(dest.iterdir()) == []
     assert not (tmp_path / "evil.png").exists()
 
@@ -165,7 +166,89 @@ def test_tar_symlink_is_refused(tmp_path):
         info.linkname = "/etc/passwd"
         tf.addfile(info)
     with pytest.raises(DataError, match="is a link"):
-        archive.safe_extract(tpath, tmp_path / "out")
+        archive.safe_extract(tpath, tmp_path / "out", LIMITS)
+
+
+LIMITS = archive.Limits(max_bytes=64 << 20, max_entries=1000)
+
+
+def _zeros_zip(path: Path, size: int, entries: int = 1) -> Path:
+    """A few-KB zip that expands to ``size`` bytes of zeros per entry (a decompression bomb)."""
+    block = b"\0" * (1 << 20)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for e in range(entries):
+            with zf.open(f"cls/{e}.png", "w", force_zip64=True) as f:
+                for _ in range(size >> 20):
+                    f.write(block)
+    return path
+
+
+def _written(root: Path) -> int:
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+def test_zip_bomb_declaring_past_the_cap_is_refused_before_writing(tmp_path):
+    bomb = _zeros_zip(tmp_path / "bomb.zip", 256 << 20)
+    assert bomb.stat().st_size < 1 << 20
+    dest = tmp_path / "out"
+    dest.mkdir()
+    t0 = time.perf_counter()
+    with pytest.raises(DataError) as e:
+        archive.safe_extract(bomb, dest, LIMITS)
+    assert time.perf_counter() - t0 < 5
+    assert "declares 0.25 GiB uncompressed, over ingest.archive_max_gib=0.06 GiB" in str(e.value)
+    assert _written(dest) == 0
+
+
+def test_archive_with_too_many_entries_is_refused(tmp_path):
+    zpath = tmp_path / "many.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for i in range(20):
+            zf.writestr(f"c/{i}.png", b"x")
+    with pytest.raises(DataError, match="20 entries exceed ingest.archive_max_entries=10"):
+        archive.safe_extract(zpath, tmp_path, archive.Limits(1 << 30, 10))
+
+
+def test_tar_gz_bomb_is_refused_at_its_first_header(tmp_path):
+    import io
+
+    tpath = tmp_path / "bomb.tar.gz"
+    with tarfile.open(tpath, "w:gz") as tf:
+        info = tarfile.TarInfo("cls/zeros.png")
+        info.size = 512 << 20
+        tf.addfile(info, io.BufferedReader(io.BytesIO(b"\0" * info.size)))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    t0 = time.perf_counter()
+    with pytest.raises(DataError, match="over ingest.archive_max_gib"):
+        archive.safe_extract(tpath, dest, LIMITS)
+    assert time.perf_counter() - t0 < 5 and _written(dest) == 0
+
+
+def test_a_lying_header_cannot_write_past_what_it_declared_nor_past_the_cap(tmp_path, monkeypatch):
+    # the zip says each entry is 1 KiB; the data is 8 MiB of zeros: extraction stops at the declared size
+    zpath = _zeros_zip(tmp_path / "liar.zip", 8 << 20)
+    raw = bytearray(zpath.read_bytes())
+    with zipfile.ZipFile(zpath) as zf:
+        info = zf.infolist()[0]
+    for width in (8, 4):  # the local header's zip64 field, then the central directory's 32-bit one
+        true = (8 << 20).to_bytes(width, "little")
+        for at in [i for i in range(len(raw) - width) if raw[i : i + width] == true]:
+            raw[at : at + width] = (1024).to_bytes(width, "little")
+    zpath.write_bytes(bytes(raw))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(DataError, match="liar.zip: corrupt or truncated archive"):
+        archive.safe_extract(zpath, dest, LIMITS)
+    assert _written(dest) <= 1024 and info.file_size == 8 << 20
+    # and the real-byte budget stops extraction at the cap whatever the headers say
+    monkeypatch.setattr(archive, "_check_declared", lambda *a: None)
+    bomb = _zeros_zip(tmp_path / "bomb.zip", 16 << 20, entries=3)
+    dest2 = tmp_path / "out2"
+    dest2.mkdir()
+    with pytest.raises(DataError, match="expands past ingest.archive_max_gib"):
+        archive.safe_extract(bomb, dest2, archive.Limits(20 << 20, 1000))
+    assert _written(dest2) <= 20 << 20
 
 
 def _write_idx(path: Path, arr: np.ndarray) -> None:

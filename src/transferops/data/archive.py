@@ -2,19 +2,23 @@
 
 Every member is checked before anything is written: absolute paths, ``..`` components, links and device
 files are refused (zip-slip and its tar cousins), so an archive from another team cannot write outside the
-extraction directory.
+extraction directory; the declared total size and the entry count are capped, and the bytes really written
+are counted against the same cap (a 2 MB zip of zeros can declare small and expand to gigabytes).
 """
 
 from __future__ import annotations
 
-import shutil
 import tarfile
 import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from transferops.errors import DataError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+CHUNK = 1 << 20
 
 
 def is_archive(path: Path) -> bool:
@@ -31,12 +35,69 @@ def _check_member(archive: Path, name: str) -> PurePosixPath:
     return member
 
 
-def safe_extract(archive: Path, dest: Path) -> Path:
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what an archive may expand to (``ingest.archive_max_gib``, ``ingest.archive_max_entries``)."""
+
+    max_bytes: int
+    max_entries: int
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _check_declared(archive: Path, sizes: list[int], limits: Limits) -> None:
+    """Refuse before writing anything when the archive's own header says it is too big."""
+    if len(sizes) > limits.max_entries:
+        raise DataError(
+            f"{archive}: {len(sizes):,} entries exceed ingest.archive_max_entries={limits.max_entries:,} "
+            "(refused before extracting)"
+        )
+    total = sum(sizes)
+    if total > limits.max_bytes:
+        raise DataError(
+            f"{archive}: declares {_gib(total)} uncompressed, over ingest.archive_max_gib={_gib(limits.max_bytes)} "
+            "(refused before extracting)"
+        )
+
+
+class _Budget:
+    """Counts the bytes really written (declared sizes can lie) and stops at the cap."""
+
+    def __init__(self, archive: Path, limits: Limits) -> None:
+        self.archive, self.limits, self.left = archive, limits, limits.max_bytes
+
+    def copy(self, src: BinaryIO, dst: BinaryIO, name: str) -> None:
+        while chunk := src.read(CHUNK):
+            if len(chunk) > self.left:
+                raise DataError(
+                    f"{self.archive}: expands past ingest.archive_max_gib={_gib(self.limits.max_bytes)} while "
+                    f"extracting {name!r} (its header declared less; extraction stopped)"
+                )
+            dst.write(chunk)
+            self.left -= len(chunk)
+
+
+def safe_extract(archive: Path, dest: Path, limits: Limits) -> Path:
+    """See :func:`_extract`; a truncated or corrupt archive fails with one line naming it."""
+    try:
+        return _extract(archive, dest, limits)
+    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:  # the system's (disk full...), not the data's
+            raise
+        raise DataError(f"{archive}: corrupt or truncated archive ({exc})") from None
+
+
+def _extract(archive: Path, dest: Path, limits: Limits) -> Path:
     """Extract ``archive`` into ``dest`` and return the dataset root inside it.
 
-    When the archive holds a single top-level folder that itself holds the class folders, that folder is
-    the root; otherwise ``dest`` is.
+    Members are checked before anything is written (paths, links, declared total size and entry count);
+    while extracting, real bytes are counted and extraction stops at the cap, so a decompression bomb
+    writes at most ``limits.max_bytes``. When the archive holds a single top-level folder that itself holds
+    the class folders, that folder is the root; otherwise ``dest`` is.
     """
+    budget = _Budget(archive, limits)
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
@@ -44,6 +105,7 @@ def safe_extract(archive: Path, dest: Path) -> Path:
                 _check_member(archive, info.filename)
                 if (info.external_attr >> 16) & 0o170000 == 0o120000:
                     raise DataError(f"{archive}: entry {info.filename!r} is a symlink (refused)")
+            _check_declared(archive, [i.file_size for i in infos], limits)
             for info in infos:
                 target = dest / _check_member(archive, info.filename)
                 if info.is_dir():
@@ -51,17 +113,32 @@ def safe_extract(archive: Path, dest: Path) -> Path:
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
+                    budget.copy(src, out, info.filename)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
-            members = tf.getmembers()
-            for m in members:
+            members, declared = [], 0
+            for m in tf:  # one pass over the headers; stops at the first one past a cap (nothing written yet)
                 _check_member(archive, m.name)
                 if m.issym() or m.islnk():
                     raise DataError(f"{archive}: entry {m.name!r} is a link (refused)")
                 if not (m.isfile() or m.isdir()):
                     raise DataError(f"{archive}: entry {m.name!r} is not a regular file or folder (refused)")
-            tf.extractall(dest, members=members, filter="data")
+                members.append(m)
+                declared += m.size
+                if len(members) > limits.max_entries or declared > limits.max_bytes:
+                    break
+            _check_declared(archive, [m.size for m in members], limits)
+            for m in members:
+                target = dest / _check_member(archive, m.name)
+                if m.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tf.extractfile(m)
+                if src is None:
+                    continue
+                with src, open(target, "wb") as out:
+                    budget.copy(src, out, m.name)
     else:
         raise DataError(f"{archive}: not a readable .zip or .tar archive")
     entries = [p for p in dest.iterdir() if not p.name.startswith((".", "__MACOSX"))]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from transferops.config import DatasetConfig
+from transferops.config import DatasetConfig, IngestConfig
 from transferops.data import archive
 from transferops.data.synthetic import render_digits
 from transferops.errors import DataError
@@ -95,7 +95,8 @@ def read_image_folder(spec: DatasetConfig, size: int, channels: int, seed: int) 
     local = Path(path)
     if local.is_file() and archive.is_archive(local):
         with tempfile.TemporaryDirectory(prefix="transferops-archive-") as tmp:
-            root = archive.safe_extract(local, Path(tmp))
+            limits = archive.Limits(int(IngestConfig.archive_max_gib * 2**30), IngestConfig.archive_max_entries)
+            root = archive.safe_extract(local, Path(tmp), limits)
             return _read_folder(root, size, channels, label=str(local))
     return _read_folder(local, size, channels, label=str(local))
 

@@ -1,48 +1,78 @@
-"""Alias moves with a history, and the promotion gate.
+"""Alias moves with a history, and the registered model's event log.
 
-MLflow keeps no history of alias moves, so every move made through transferops is also appended to the
-registered model's tags as ``transferops.alias_event.<time_ns>`` (JSON: alias, from, to, reason, run). That
-log is what ``registry history`` prints and what ``rollback`` reads.
+MLflow keeps no history of alias moves or gate decisions, so transferops appends each one to the registered
+model's tags as ``transferops.event.<time_ns>.<pid>``, one readable line per event:
+
+    champion: v1 -> v2 (promote) | accuracy 0.8431 >= champion v1 0.8012 ... | run 3f2a... | 2026-11-23T19:04:11Z
+    gate: v1 -> v3 (challenger) | accuracy 0.7900 < champion v1 ... | run 9c1d... | 2026-11-23T19:09:40Z
+
+``registry history`` prints this log and ``rollback`` replays the alias moves in it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
-EVENT_PREFIX = "transferops.alias_event."
+EVENT_PREFIX = "transferops.event."
+LEGACY_EVENT_PREFIX = "transferops.alias_event."
+CHAMPION_SEEN_TAG = "transferops.champion_seen"
+"""The champion version a candidate's gate was decided against ("none" when there was none)."""
+
+_EVENT = re.compile(
+    r"^(?P<alias>[^:]+): (?P<from>\S+) -> (?P<to>\S+) \((?P<kind>[\w-]+)\) \| (?P<reason>.*) "
+    r"\| run (?P<run>\S+) \| (?P<time>\S+)$"
+)
 
 
-@dataclass(frozen=True)
-class GateDecision:
-    """Whether a candidate is promoted, and why (recorded on the version and in registration.json)."""
-
-    promoted: bool
-    reason: str
-    candidate_accuracy: float
-    champion_accuracy: float | None
-    champion_version: str | None
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "-"
 
 
-def decide(
-    candidate: float, champion: float | None, champion_version: str | None, min_accuracy: float, min_delta: float
-) -> GateDecision:
-    """Promote when ``candidate >= min_accuracy`` and ``candidate >= champion + min_delta`` (if any champion)."""
-    if not clears_floor(candidate, min_accuracy):
-        reason = f"accuracy {candidate:.4f} < register.min_accuracy {min_accuracy:.4f}"
-        return GateDecision(False, reason, candidate, champion, champion_version)
-    if champion is None:
-        return GateDecision(
-            True, f"accuracy {candidate:.4f} >= floor {min_accuracy:.4f}; no champion yet", candidate, None, None
-        )
-    bar = champion + min_delta
-    if candidate >= bar:
-        reason = f"accuracy {candidate:.4f} >= champion v{champion_version} {champion:.4f} + min_delta {min_delta:+.4f}"
-        return GateDecision(True, reason, candidate, champion, champion_version)
-    reason = f"accuracy {candidate:.4f} < champion v{champion_version} {champion:.4f} + min_delta {min_delta:+.4f}"
-    return GateDecision(False, reason, candidate, champion, champion_version)
+def _unv(text: str) -> str | None:
+    return None if text == "-" else text.removeprefix("v")
+
+
+def record_event(
+    client, name: str, alias: str, from_: str, to: str, kind: str, reason: str, run_id: str | None = None
+) -> dict[str, Any]:
+    """Append one event to the model's log; returns it as a dict (``alias`` is ``gate`` for decisions)."""
+    now = time.time_ns()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now / 1e9))
+    reason = " ".join(reason.split()).replace(" | ", " / ")
+    text = f"{alias}: {from_} -> {to} ({kind}) | {reason} | run {run_id or '-'} | {stamp}"
+    client.set_registered_model_tag(name, f"{EVENT_PREFIX}{now:020d}.{os.getpid()}", text)
+    return _parse(text)
+
+
+def _parse(text: str) -> dict[str, Any]:
+    m = _EVENT.match(text)
+    if m is None:
+        return {"alias": "?", "kind": "?", "from_version": None, "to_version": None, "reason": text, "run_id": None}
+    return {
+        "time": m["time"],
+        "alias": m["alias"],
+        "kind": m["kind"],
+        "from_version": _unv(m["from"]),
+        "to_version": _unv(m["to"]),
+        "reason": m["reason"],
+        "run_id": None if m["run"] == "-" else m["run"],
+    }
+
+
+def history(client, name: str) -> list[dict[str, Any]]:
+    """Every recorded event of a registered model (alias moves and gate decisions), oldest first."""
+    tags = client.get_registered_model(name).tags
+    events = []
+    for key, value in tags.items():
+        if key.startswith(EVENT_PREFIX):
+            events.append((key[len(EVENT_PREFIX) :], _parse(value)))
+        elif key.startswith(LEGACY_EVENT_PREFIX):  # JSON events written before the readable format
+            events.append((f"{int(key[len(LEGACY_EVENT_PREFIX) :]):020d}", json.loads(value)))
+    return [e for _, e in sorted(events, key=lambda item: item[0])]
 
 
 def current_alias(client, name: str, alias: str) -> str | None:
@@ -58,34 +88,14 @@ def current_alias(client, name: str, alias: str) -> str | None:
 def move_alias(
     client, name: str, alias: str, version: str, reason: str, run_id: str | None = None, kind: str = "promote"
 ) -> dict[str, Any]:
-    """Point ``alias`` at ``version`` and append the move to the model's alias history.
+    """Point ``alias`` at ``version`` and append the move to the model's log.
 
-    ``kind`` is ``promote`` for a move forward and ``rollback`` for a move back (what :func:`rollback` replays).
+    ``kind`` is ``promote`` for a move forward, ``rollback`` for a move back (what :func:`rollback` replays)
+    and ``settle`` when concurrent registrations are settled.
     """
     previous = current_alias(client, name, alias)
     client.set_registered_model_alias(name, alias, str(version))
-    event = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "alias": alias,
-        "kind": kind,
-        "from_version": previous,
-        "to_version": str(version),
-        "reason": reason,
-        "run_id": run_id,
-    }
-    client.set_registered_model_tag(name, f"{EVENT_PREFIX}{time.time_ns()}", json.dumps(event))
-    return event
-
-
-def history(client, name: str) -> list[dict[str, Any]]:
-    """Every recorded alias move of a registered model, oldest first."""
-    tags = client.get_registered_model(name).tags
-    keys = sorted((k for k in tags if k.startswith(EVENT_PREFIX)), key=lambda k: int(k[len(EVENT_PREFIX) :]))
-    return [json.loads(tags[k]) for k in keys]
-
-
-CHAMPION_SEEN_TAG = "transferops.champion_seen"
-"""The champion version a candidate's gate was decided against ("none" when there was none)."""
+    return record_event(client, name, alias, _v(previous), _v(str(version)), kind, reason, run_id)
 
 
 def settle_champion(client, name: str, alias: str, champion_seen: str, run_id: str | None = None) -> str | None:
@@ -108,14 +118,9 @@ def settle_champion(client, name: str, alias: str, champion_seen: str, run_id: s
     best = str(max(peers)[1])
     current = current_alias(client, name, alias)
     if current != best and (current in {str(v) for _, v in peers} or current == champion_seen):
-        move_alias(
-            client,
-            name,
-            alias,
-            best,
-            f"settled: v{best} beat concurrent candidates gated against champion {champion_seen}",
-            run_id,
-        )
+        seen = _v(None if champion_seen == "none" else champion_seen)
+        reason = f"v{best} beat concurrent candidates gated against champion {seen}"
+        move_alias(client, name, alias, best, reason, run_id, kind="settle")
         return best
     return current
 
@@ -136,8 +141,8 @@ def promote(client, name: str, version: str, alias: str = "champion", reason: st
 def rollback(client, name: str, alias: str = "champion") -> dict:
     """Move ``alias`` back to the version it pointed to before its current one.
 
-    The history is replayed as a stack (a promotion pushes, a rollback pops), so repeated rollbacks walk
-    further back instead of toggling between two versions.
+    The history is replayed as a stack (a move forward pushes, a rollback pops, a settle replaces the transient
+    concurrent peer on top), so repeated rollbacks walk further back instead of toggling between two versions.
     """
     from transferops.errors import TrackingError
 
@@ -147,14 +152,13 @@ def rollback(client, name: str, alias: str = "champion") -> dict:
             continue
         if event.get("kind") == "rollback":
             stack.pop()
-        else:
+        elif event.get("kind") == "settle" and stack:  # the transient peer on top gives way to the winner
+            stack.pop()
+            if not stack or stack[-1] != event["to_version"]:
+                stack.append(event["to_version"])
+        elif event.get("to_version"):
             stack.append(event["to_version"])
     if len(stack) < 2:
         raise TrackingError(f"registered model {name!r}: no previous {alias} to roll back to")
     current, previous = stack[-1], stack[-2]
     return move_alias(client, name, alias, previous, f"rollback from version {current}", kind="rollback")
-
-
-def clears_floor(accuracy: float, min_accuracy: float) -> bool:
-    """The part of the gate that needs no registry (the Kubeflow DAG's ``dsl.If`` uses it too)."""
-    return accuracy >= min_accuracy

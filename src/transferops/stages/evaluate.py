@@ -12,9 +12,11 @@ Outputs (``artifacts/evaluate``): ``metrics.json``, ``confusion_matrix.png``, ``
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from transferops.config import Config
 from transferops.data.shards import load_split, read_manifest
+from transferops.errors import CheckpointError
 from transferops.evaluation import plots
 from transferops.evaluation.metrics import classification_report
 from transferops.lineage import file_sha256, lineage
@@ -39,6 +41,7 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
     classes = target["classes"]
     test = load_split(paths.target_data, "test")
     model, ckpt = load_model(paths.target_model)
+    made = provenance(cfg, ckpt, target, paths)
     with tracker.stage_run("evaluate", cfg):
         probs = predict(model.to(device), test, device=device)
         report = classification_report(probs, test.labels, classes, cfg.evaluate.ece_bins)
@@ -61,15 +64,18 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
             "from_scratch_accuracy": scratch,
             "transfer_gain": None if scratch is None else report["accuracy"] - scratch,
             "n_test": len(test),
-            "labels_per_class": cfg.ingest.target.split.labels_per_class,
-            "method": cfg.finetune.method,
+            "labels_per_class": made["labels_per_class"],
+            "method": made["method"],
             "per_class_accuracy": report["per_class_accuracy"],
         }
+        if made["note"]:
+            metrics["provenance_note"] = made["note"]
         lin = lineage(
             cfg,
             target_version=target["version"],
             model_sha256=file_sha256(paths.target_model),
-            method=cfg.finetune.method,
+            method=made["method"],
+            labels_per_class=made["labels_per_class"],
             source_version=ckpt["lineage"].get("source_version"),
         )
         with staged_output(paths.stage("evaluate")) as out:
@@ -78,10 +84,11 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
                 report["confusion_matrix"],
                 classes,
                 out / "confusion_matrix.png",
-                f"{cfg.finetune.method}: target test accuracy {report['accuracy']:.3f}",
+                f"{made['method']}: target test accuracy {report['accuracy']:.3f}",
             )
             plots.reliability_png(report["calibration"], report["ece"], out / "reliability.png")
             plots.predictions_csv(test.labels, preds, classes, out / "predictions.csv")
+            write_json(out / "confusion_matrix.json", {"classes": classes, "matrix": report["confusion_matrix"]})
             plots.calibration_csv(report["calibration"], out / "calibration.csv")
             write_json(out / "metrics.json", metrics)
             save_resolved_config(cfg, out)
@@ -104,6 +111,31 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
         len(test),
     )
     return result
+
+
+def provenance(cfg: Config, ckpt: dict[str, Any], target: dict[str, Any], paths: Paths) -> dict[str, Any]:
+    """What the evaluated checkpoint says about itself: its method and labels per class come from its own
+    lineage, never from the current command line. A checkpoint trained on another version of the target data
+    is refused (its test split may hold its training images); params that disagree with it are noted."""
+    lin = ckpt.get("lineage", {})
+    trained_on = lin.get("target_version")
+    if trained_on is not None and trained_on != target["version"]:
+        raise CheckpointError(
+            f"{paths.target_model}: trained on target data version {trained_on}, but {paths.target_data} is "
+            f"version {target['version']}; re-run finetune on this data"
+        )
+    method = lin.get("method") or ckpt["config"]["finetune"]["method"]
+    k = lin.get("labels_per_class", ckpt["config"]["ingest"]["target"]["split"]["labels_per_class"])
+    notes = []
+    if cfg.finetune.method != method:
+        notes.append(f"params say finetune.method={cfg.finetune.method}, the checkpoint was trained with {method}")
+    asked = cfg.ingest.target.split.labels_per_class
+    if asked is not None and asked != k:
+        notes.append(f"params say labels_per_class={asked}, the checkpoint was trained with {k}")
+    note = "; ".join(notes) + ("; reporting what the checkpoint records" if notes else "")
+    if note:
+        log.warning("evaluate: %s", note)
+    return {"method": method, "labels_per_class": k, "note": note}
 
 
 def _fmt(x: float | None) -> str:

@@ -113,12 +113,15 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
     model, source_ckpt = load_model(paths.source_model)
     same = source_ckpt["classes"] == target["classes"]
     strategy = get_strategy(cfg.finetune.method, cfg.finetune.method_config, cfg.finetune.label_smoothing)
+    labels_per_class = target["splits"]["labeled"]["count"] // max(1, len(target["classes"]))
     lin = lineage(
         cfg,
         source_version=source_ckpt["lineage"].get("source_version"),
         target_version=target["version"],
         source_checkpoint_sha256=file_sha256(paths.source_model),
         method=strategy.name,
+        labels_per_class=labels_per_class,
+        seed=cfg.base.seed,
     )
     log.info(
         "finetune: method %s, %s classes (%s source classes)",
@@ -132,7 +135,7 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
         )
         metrics = {
             "val_accuracy": fit.selected_val_accuracy(cfg.finetune.select_best),
-            "labels_per_class": target["splits"]["labeled"]["count"] // max(1, len(target["classes"])),
+            "labels_per_class": labels_per_class,
             "best_epoch": fit.best_epoch,
             "steps": fit.steps,
             "seconds": round(fit.seconds, 2),

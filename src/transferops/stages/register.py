@@ -1,17 +1,22 @@
 """Stage 5, register: log the transferred model to MLflow, register it, and gate its promotion.
 
-The new version always gets the ``challenger`` alias. It becomes ``champion`` when it passes the gate: its
-accuracy is at least ``register.min_accuracy`` and at least the current champion's accuracy plus
-``register.min_delta``, where the champion is re-scored now on the same target test split rather than
-trusted from old numbers. Every version carries its lineage as tags and a model card as its description.
-Registering the same trained model twice (a retried task) returns the existing version.
+The decision itself is :func:`transferops.registry.gate.register_candidate` (the same for every adapter).
+This stage gathers its inputs from the artifacts, never from the command line's config: the candidate's
+accuracy is the one ``evaluate`` measured for this exact checkpoint (checked by sha256), and its method,
+labels and data versions come from the checkpoint's lineage.
 
-Output (``artifacts/register``): ``registration.json`` with model_name, version, aliases, promoted, reason.
+Steps: :func:`load_inputs` -> :func:`make_candidate` -> ``register_candidate`` (logs the model only when a
+version is created) -> :func:`write_outputs`.
+
+Output (``artifacts/register``): ``registration.json`` (model name, version or none, aliases, promoted,
+reason) and ``result.json``.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,17 +25,20 @@ import torch
 from transferops.config import Config
 from transferops.data.batches import iterate
 from transferops.data.shards import Split, load_split, read_manifest
-from transferops.errors import TrackingError
+from transferops.errors import CheckpointError, TrackingError
 from transferops.lineage import file_sha256, lineage
+from transferops.models import TransferNet
 from transferops.models.io import load_model
 from transferops.paths import Paths
-from transferops.registry.aliases import (
-    CHAMPION_SEEN_TAG,
+from transferops.registry.gate import (
+    Candidate,
     GateDecision,
-    current_alias,
-    decide,
-    move_alias,
-    settle_champion,
+    GatePolicy,
+    Outcome,
+    Task,
+    model_name,
+    outcome_dict,
+    register_candidate,
 )
 from transferops.stages.common import (
     StageResult,
@@ -42,11 +50,8 @@ from transferops.stages.common import (
 )
 from transferops.tracking import MlflowTracker
 from transferops.tracking.tracker import safe_uri
-from transferops.training.loop import predict
 
 log = logging.getLogger(__name__)
-
-FINGERPRINT_TAG = "transferops.fingerprint"
 
 
 def pip_requirements() -> list[str]:
@@ -66,7 +71,7 @@ def score_uri(model_uri: str, test: Split) -> float:
     """Accuracy on ``test`` of a model loaded from MLflow (the torch flavour).
 
     The logged model is a torch.export program: already an inference graph, it refuses ``.eval()``, so it
-    is called as is rather than through :func:`predict`.
+    is called as is.
     """
     import mlflow.pytorch
 
@@ -76,76 +81,193 @@ def score_uri(model_uri: str, test: Split) -> float:
     return float((preds == test.labels).mean())
 
 
-def model_card(
-    cfg: Config, metrics: dict[str, Any], lin: dict[str, Any], classes: list[str], decision: GateDecision
-) -> str:
-    """Markdown description of a model version: data, method, results, intended use and limits."""
+@dataclass
+class RegisterInputs:
+    """Everything the stage reads, checked to belong together."""
 
-    def pct(x: float | None) -> str:
-        return "n/a" if x is None else f"{100 * x:.1f}%"
+    model: TransferNet
+    checkpoint: dict[str, Any]
+    model_path: Path
+    model_sha256: str
+    metrics: dict[str, Any]
+    classes: list[str]
+    test: Split
 
-    t, size, ch = cfg.ingest.target, cfg.ingest.image_size, cfg.ingest.channels
+
+def load_inputs(paths: Paths) -> RegisterInputs:
+    """The finetuned checkpoint, the evaluate metrics measured for it, and the target test split.
+
+    Metrics of another checkpoint (evaluate not re-run after finetune) are refused: the gate would compare
+    the wrong model's accuracy.
+    """
+    model, ckpt = load_model(paths.target_model)
+    sha = file_sha256(paths.target_model)
+    evaluate_dir = paths.stage("evaluate")
+    try:
+        metrics = read_json(evaluate_dir / "metrics.json")
+        evaluated = read_json(evaluate_dir / "result.json")["lineage"].get("model_sha256")
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{exc.filename}: not found (run `transferops evaluate` first)") from None
+    if evaluated != sha:
+        raise CheckpointError(
+            f"{evaluate_dir / 'metrics.json'}: measured for another checkpoint (sha256 {str(evaluated)[:12]}..., "
+            f"{paths.target_model} is {sha[:12]}...); re-run `transferops evaluate`"
+        )
+    classes = read_manifest(paths.target_data)["classes"]
+    if classes != ckpt["classes"]:
+        raise CheckpointError(
+            f"{paths.target_model}: trained for classes {ckpt['classes']}, but {paths.target_data} has {classes}"
+        )
+    return RegisterInputs(model, ckpt, paths.target_model, sha, metrics, classes, load_split(paths.target_data, "test"))
+
+
+def make_candidate(cfg: Config, inputs: RegisterInputs, pipeline_run_id: str | None) -> tuple[Candidate, dict]:
+    """The candidate the gate sees, and the lineage recorded with it (from the checkpoint, not from params)."""
+    ckpt = inputs.checkpoint
+    lin = {
+        **{k: v for k, v in ckpt["lineage"].items() if v is not None},
+        "model_sha256": inputs.model_sha256,
+        "pipeline_run_id": pipeline_run_id,
+        "register_params_hash": cfg.section_hash("register"),
+    }
+    task = Task(tuple(inputs.classes), (ckpt["in_channels"], ckpt["image_size"], ckpt["image_size"]))
+    tags = {f"transferops.{k}": str(v) for k, v in lin.items() if v is not None}
+    fingerprint = f"{inputs.model_sha256[:32]}-{cfg.section_hash('register')}"
+    return Candidate(task, float(inputs.metrics["accuracy"]), fingerprint, tags), lin
+
+
+def log_model(inputs: RegisterInputs, tracker: MlflowTracker) -> tuple[str, str | None]:
+    """Log the model (torch flavour, signature, input example, explicit requirements) and its checkpoint."""
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    example = inputs.test.images[:4].astype(np.float32) / 255.0
+    with torch.no_grad():
+        signature = infer_signature(example, inputs.model(torch.from_numpy(example)).numpy())
+    info = mlflow.pytorch.log_model(
+        inputs.model, name="model", signature=signature, input_example=example, pip_requirements=pip_requirements()
+    )
+    tracker.log_artifact(inputs.model_path, "checkpoint")
+    return info.model_uri, info.model_id
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _points(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f} points"
+
+
+def _labels(k: Any) -> str:
+    return "all" if k is None else f"{k} labelled target image{'' if k == 1 else 's'} per class"
+
+
+def model_card(name: str, inputs: RegisterInputs, lin: dict[str, Any], decision: GateDecision) -> str:
+    """Markdown description of a model version: a one-line summary (what the versions table shows), then
+    data, method, results, the gate's decision, intended use and limits."""
+    m, ckpt = inputs.metrics, inputs.checkpoint
+    c, size = ckpt["in_channels"], ckpt["image_size"]
+    src = ckpt["config"]["ingest"]["source"]["kind"]
+    tgt = ckpt["config"]["ingest"]["target"]["kind"]
+    method, k = lin.get("method", m.get("method")), lin.get("labels_per_class", m.get("labels_per_class"))
     rows = [
-        ("accuracy", pct(metrics["accuracy"])),
-        ("macro-F1", pct(metrics["macro_f1"])),
-        ("ECE", f"{metrics['ece']:.4f}"),
-        ("source-only baseline", pct(metrics.get("source_only_accuracy"))),
-        ("from-scratch baseline", pct(metrics.get("from_scratch_accuracy"))),
-        ("transfer gain", pct(metrics.get("transfer_gain"))),
-        ("test images", str(metrics["n_test"])),
+        ("accuracy", _pct(m["accuracy"])),
+        ("macro-F1", _pct(m["macro_f1"])),
+        ("ECE (calibration error)", f"{m['ece']:.4f}"),
+        ("source-only baseline", _pct(m.get("source_only_accuracy"))),
+        ("from-scratch baseline", _pct(m.get("from_scratch_accuracy"))),
+        ("transfer gain (vs from-scratch)", _points(m.get("transfer_gain"))),
+        ("test images", str(m["n_test"])),
     ]
+    champion = (
+        "no champion yet"
+        if decision.champion_version is None
+        else f"champion v{decision.champion_version} re-scored now on this run's test split: "
+        f"{_pct(decision.champion_accuracy)}"
+    )
     lines = [
-        f"# {cfg.register.model_name}",
+        f"{method}, {_labels(k)}: {_pct(m['accuracy'])} on {m['n_test']} target test images "
+        f"({_points(m.get('transfer_gain'))} over from-scratch)",
         "",
-        f"Transferred with **{cfg.finetune.method}** from a `{cfg.model.name}` pretrained on the source domain "
-        f"(`{cfg.ingest.source.kind}`, version `{lin.get('source_version')}`) to the target domain "
-        f"(`{t.kind}`, version `{lin.get('target_version')}`) with {t.split.labels_per_class} labelled "
-        "target images per class.",
+        "## Training",
+        f"Transferred with **{method}** from a `{ckpt['model']['name']}` pretrained on the source domain "
+        f"(`{src}`, version `{lin.get('source_version')}`) to the target domain (`{tgt}`, version "
+        f"`{lin.get('target_version')}`) with {_labels(k)}.",
         "",
         "## Results on the target test split",
         "| metric | value |",
         "|---|---|",
-        *(f"| {name} | {value} |" for name, value in rows),
+        *(f"| {key} | {value} |" for key, value in rows),
         "",
-        f"Gate: {'promoted' if decision.promoted else 'not promoted'} ({decision.reason}).",
+        "## Gate",
+        f"{'Promoted to champion' if decision.promote else 'Not promoted'}: {decision.reason}.",
+        "",
+        f"The gate compares models on the same images: {champion}. A champion's figure here can differ from the "
+        "accuracy on its own card, which was measured on the test split of its own run.",
         "",
         "## Intended use",
-        f"Classifying {size}x{size} {'grey' if ch == 1 else 'RGB'} images into the classes {', '.join(classes)}. "
-        f"Input: float32 tensor (N, {ch}, {size}, {size}) in [0, 1]; output: logits.",
+        f"Classifying {size}x{size} {'grey' if c == 1 else 'RGB'} images into the classes "
+        f"{', '.join(inputs.classes)}. Input: float32 tensor (N, {c}, {size}, {size}) in [0, 1]; output: logits.",
         "",
         "## Known limits",
-        "Scored on a small held-out split of the target domain only; images unlike the target domain "
-        "(other styles, sizes, classes) are out of scope. Confidence is calibrated as the ECE above shows.",
+        "Scored on a held-out split of the target domain only; images unlike the target domain "
+        "(other styles, sizes, classes) are out of scope.",
         "",
-        f"Lineage: git `{lin['git_sha']}`, params hash `{lin['params_hash']}`.",
+        f"Lineage: git `{lin.get('git_sha')}`, params hash `{lin.get('params_hash')}`, model sha256 "
+        f"`{inputs.model_sha256[:16]}`.",
     ]
+    if m.get("provenance_note"):
+        lines += ["", f"Note: {m['provenance_note']}"]
     return "\n".join(lines)
 
 
-def _existing_version(client, name: str, fingerprint: str):
-    try:
-        found = client.search_model_versions(f"name = '{name}' and tags.`{FINGERPRINT_TAG}` = '{fingerprint}'")
-    except Exception:  # a registered model that does not exist yet
-        return None
-    return found[0] if found else None
+def registered_model_description(name: str, task: Task) -> str:
+    """What the registered model is, how its versions are made and gated, and where the alias history is."""
+    return "\n".join(
+        [
+            f"`{name}`: image classifier for {task.describe()}, trained by the transferops pipeline "
+            "(ingest -> pretrain on a source domain -> transfer to this target domain -> evaluate -> register).",
+            "",
+            "Each version's description is its model card and its tags its lineage (git sha, params hash, "
+            "dataset versions, method). Aliases: `champion` is the version to serve; it moves only when the gate "
+            "passes (accuracy >= register.min_accuracy and >= the champion re-scored on the same test split + "
+            "register.min_delta) or by hand. `challenger` is the newest candidate.",
+            "",
+            "Every gate decision and alias move is a `transferops.event.*` tag of this model: "
+            f"`transferops registry history {name}` prints them; `transferops registry rollback {name}` moves "
+            "champion back.",
+        ]
+    )
 
 
-def _score_champion(client, cfg: Config, test: Split) -> tuple[float | None, str | None]:
-    name, alias = cfg.register.model_name, cfg.register.champion_alias
-    version = current_alias(client, name, alias)
-    if version is None:
-        return None, None
-    try:
-        return score_uri(f"models:/{name}@{alias}", test), version
-    except Exception as exc:  # an incompatible champion (other classes or image size) cannot be re-scored
-        tagged = client.get_model_version(name, version).tags.get("transferops.accuracy")
-        log.warning(
-            "register: champion v%s could not be re-scored on this test split (%s); using its recorded accuracy %s",
-            version,
-            str(exc).splitlines()[0][:200],
-            tagged,
+def write_outputs(
+    cfg: Config, paths: Paths, name: str, outcome: Outcome, tracker: MlflowTracker, lin: dict[str, Any]
+) -> StageResult:
+    """``registration.json``, ``result.json`` and the register run's tags and metrics."""
+    registration = {**outcome_dict(name, outcome), "tracking_uri": safe_uri(tracker.uri), "run_id": tracker.run_id}
+    d = outcome.decision
+    tracker.log_metrics({"candidate_accuracy": d.candidate_accuracy})
+    tracker.set_tags(
+        {
+            "transferops.model_name": name,
+            "transferops.model_version": outcome.version or "none",
+            "transferops.promoted": str(d.promote).lower(),
+            "transferops.gate_reason": d.reason,
+        }
+    )
+    with staged_output(paths.stage("register")) as out:
+        write_json(out / "registration.json", registration)
+        save_resolved_config(cfg, out)
+        result = StageResult(
+            "register",
+            {"registration": str(paths.stage("register") / "registration.json")},
+            {"version": outcome.version, "promoted": d.promote},
+            tracker.run_id,
+            lin,
         )
-        return (float(tagged) if tagged else None), version
+        write_json(out / "result.json", result.to_dict())
+    return result
 
 
 def run(cfg: Config, tracker: MlflowTracker) -> StageResult:
@@ -153,110 +275,32 @@ def run(cfg: Config, tracker: MlflowTracker) -> StageResult:
     if not isinstance(tracker, MlflowTracker):
         raise TrackingError("register: needs an MLflow tracker (the model registry lives in MLflow)")
     import mlflow
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
 
     start_stage(cfg)
     paths = Paths.from_config(cfg)
-    reg = cfg.register
-    client = mlflow.MlflowClient()
-    metrics = read_json(paths.stage("evaluate") / "metrics.json")
-    model, ckpt = load_model(paths.target_model)
-    target = read_manifest(paths.target_data)
-    test = load_split(paths.target_data, "test")
-    model_sha = file_sha256(paths.target_model)
-    lin = lineage(
-        cfg,
-        **{k: v for k, v in ckpt["lineage"].items() if k not in ("git_sha", "params_hash")},
-        model_sha256=model_sha,
-        pipeline_run_id=tracker.parent_run_id,
-    )
-    fingerprint = f"{model_sha[:32]}-{cfg.section_hash('register')}"
-
+    inputs = load_inputs(paths)
+    name = model_name(cfg)
+    candidate, lin = make_candidate(cfg, inputs, tracker.parent_run_id)
     with tracker.stage_run("register", cfg) as t:
-        existing = _existing_version(client, reg.model_name, fingerprint)
-        if existing is not None:
-            log.info(
-                "register: this model is already version %s of %s (retry): nothing new registered",
-                existing.version,
-                reg.model_name,
-            )
-            version = str(existing.version)
-            decision = GateDecision(
-                existing.tags.get("transferops.promoted") == "true",
-                existing.tags.get("transferops.gate_reason", "already registered"),
-                float(existing.tags.get("transferops.accuracy", "nan")),
-                None,
-                None,
-            )
-        else:
-            candidate = float((predict(model, test).argmax(1) == test.labels).mean())
-            champion, champion_version = _score_champion(client, cfg, test)
-            decision = decide(candidate, champion, champion_version, reg.min_accuracy, reg.min_delta)
-            example = test.images[:4].astype(np.float32) / 255.0
-            with torch.no_grad():
-                signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
-            info = mlflow.pytorch.log_model(
-                model,
-                name="model",
-                signature=signature,
-                input_example=example,
-                pip_requirements=pip_requirements(),
-            )
-            t.log_artifact(paths.target_model, "checkpoint")
-            tags = {
-                FINGERPRINT_TAG: fingerprint,
-                "transferops.accuracy": repr(candidate),  # full precision: the gate compares it
-                "transferops.promoted": str(decision.promoted).lower(),
-                "transferops.gate_reason": decision.reason,
-                CHAMPION_SEEN_TAG: decision.champion_version or "none",
-                "transferops.classes": ",".join(target["classes"]),
-                **{f"transferops.{k}": str(v) for k, v in lin.items()},
-            }
-            mv = mlflow.register_model(info.model_uri, reg.model_name, tags=tags)
-            version = str(mv.version)
-            client.update_model_version(
-                reg.model_name, version, description=model_card(cfg, metrics, lin, target["classes"], decision)
-            )
-            move_alias(client, reg.model_name, reg.challenger_alias, version, "new candidate", t.run_id)
-            if decision.promoted:
-                move_alias(client, reg.model_name, reg.champion_alias, version, decision.reason, t.run_id)
-                settle_champion(
-                    client, reg.model_name, reg.champion_alias, decision.champion_version or "none", t.run_id
-                )
-        aliases = sorted(client.get_model_version(reg.model_name, version).aliases)
-        registration = {
-            "model_name": reg.model_name,
-            "version": version,
-            "aliases": aliases,
-            "promoted": decision.promoted,
-            "reason": decision.reason,
-            "candidate_accuracy": decision.candidate_accuracy,
-            "champion_accuracy": decision.champion_accuracy,
-            "previous_champion_version": decision.champion_version,
-            "model_uri": f"models:/{reg.model_name}/{version}",
-            "tracking_uri": safe_uri(tracker.uri),
-            "run_id": t.run_id,
-        }
-        t.log_metrics({"candidate_accuracy": decision.candidate_accuracy, "promoted": float(decision.promoted)})
-        t.set_tags({"transferops.model_version": version, "transferops.promoted": str(decision.promoted).lower()})
-        with staged_output(paths.stage("register")) as out:
-            write_json(out / "registration.json", registration)
-            save_resolved_config(cfg, out)
-            result = StageResult(
-                "register",
-                {"registration": str(paths.stage("register") / "registration.json")},
-                {"version": version, "promoted": decision.promoted},
-                t.run_id,
-                lin,
-            )
-            write_json(out / "result.json", result.to_dict())
+        outcome = register_candidate(
+            mlflow.MlflowClient(),
+            name,
+            candidate,
+            GatePolicy.from_config(cfg.register),
+            score_champion=lambda uri: score_uri(uri, inputs.test),
+            log_model=lambda: log_model(inputs, t),
+            describe=lambda decision: model_card(name, inputs, lin, decision),
+            model_description=registered_model_description(name, candidate.task),
+            run_id=t.run_id,
+        )
+        stage_lin = lineage(cfg, model_sha256=inputs.model_sha256, model_lineage=lin)
+        result = write_outputs(cfg, paths, name, outcome, t, stage_lin)
+    d = outcome.decision
     log.info(
-        "register: %s version %s, aliases %s, %s (%s)",
-        reg.model_name,
-        version,
-        aliases,
-        "promoted to champion" if decision.promoted else "not promoted",
-        decision.reason,
+        "register: %s %s: %s (%s)",
+        name,
+        f"version {outcome.version}, aliases {outcome.aliases}" if outcome.version else "nothing registered",
+        "promoted to champion" if d.promote else "not promoted",
+        d.reason,
     )
     return result

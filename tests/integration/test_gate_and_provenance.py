@@ -1,0 +1,101 @@
+"""The gate on a real MLflow store: a champion of another task is never re-scored or replaced; what a stage
+reports about a model comes from the model's own lineage."""
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transferops.config import config_from_dict
+from transferops.errors import CheckpointError
+from transferops.paths import Paths
+from transferops.registry.gate import model_name
+from transferops.stages import evaluate, finetune, ingest, pretrain, register
+from transferops.tracking import MlflowTracker
+
+
+def _letters(root: Path, n: int = 8) -> Path:
+    """A 3-class target whose images carry no class signal: any model is at chance on it."""
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c"):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def _run(cfg, *stages) -> None:
+    for stage in stages:
+        stage.run(cfg)
+
+
+def test_a_letters_model_cannot_take_champion_from_a_digits_model(tiny_cfg, tmp_path):
+    import mlflow
+
+    digits = tiny_cfg
+    _run(digits, ingest, pretrain, finetune, evaluate)
+    register.run(digits, MlflowTracker(digits.mlflow))
+    name = model_name(digits)
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+
+    # a chance-level letters model, trained from the same source model, gated under the digits name
+    data = tiny_cfg.to_dict()
+    data["base"]["artifacts_dir"] = str(tmp_path / "letters")
+    data["ingest"]["target"] = {
+        "kind": "image_folder",
+        "path": str(_letters(tmp_path / "hand-letters")),
+        "split": {"test_fraction": 0.25, "val_per_class": 1, "labels_per_class": 1},
+    }
+    letters = config_from_dict(data)
+    _run(letters, ingest)
+    shutil.copytree(Paths.from_config(digits).stage("pretrain"), Paths.from_config(letters).stage("pretrain"))
+    _run(letters, finetune, evaluate)
+    params = tmp_path / "letters.json"  # the CLI reads YAML; JSON is YAML
+    params.write_text(json.dumps(letters.to_dict()))
+    r = subprocess.run(
+        [sys.executable, "-m", "transferops.cli", "register", "--params", str(params)]
+        + ["--set", f"register.model_name={name}", "--set", "register.min_accuracy=0.0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "Traceback" not in r.stderr
+    assert "classes [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] on 1x28x28 images" in err and "classes [a, b, c]" in err
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1  # nothing registered, nothing moved
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert not Paths.from_config(letters).stage("register").exists()
+
+    # by default the letters model gets a name of its own, derived from its target
+    register.run(replace(letters, register=replace(letters.register, min_accuracy=0.0)), MlflowTracker(letters.mlflow))
+    assert model_name(letters) == "transferops-hand-letters"
+    assert str(client.get_model_version_by_alias("transferops-hand-letters", "champion").version) == "1"
+
+
+def test_evaluate_reports_the_checkpoints_method_not_the_command_lines(tiny_cfg):
+    probe = replace(tiny_cfg, finetune=replace(tiny_cfg.finetune, method="linear_probe"))
+    _run(probe, ingest, pretrain, finetune)
+    asked = replace(tiny_cfg, finetune=replace(tiny_cfg.finetune, method="kd"))
+    metrics = evaluate.run(asked).metrics
+    assert metrics["method"] == "linear_probe" and metrics["labels_per_class"] == 2
+    assert "finetune.method=kd" in metrics["provenance_note"] and "linear_probe" in metrics["provenance_note"]
+    result = json.loads((Paths.from_config(asked).stage("evaluate") / "result.json").read_text())
+    assert result["lineage"]["method"] == "linear_probe"
+
+    # metrics of another checkpoint are refused by register; a model trained on other data by evaluate
+    _run(replace(probe, finetune=replace(probe.finetune, epochs=1)), finetune)
+    with pytest.raises(CheckpointError, match="measured for another checkpoint"):
+        register.load_inputs(Paths.from_config(probe))
+    other = replace(probe, base=replace(probe.base, seed=5))  # another split of the target: another version
+    _run(other, ingest)
+    with pytest.raises(CheckpointError, match="trained on target data version"):
+        evaluate.run(other)
