@@ -1,1 +1,1 @@
-"""Metrics (pure functions) and plots."""
+"""Metrics and transferability scores (pure functions) and plots."""
