@@ -1,0 +1,1 @@
+"""Kubeflow adapters: code only the Kubeflow path needs (Trainer jobs, Katib experiments)."""
