@@ -104,11 +104,11 @@ def methods(
     import shutil
 
     from transferops.data.shards import load_split
+    from transferops.models.inference import accuracy
     from transferops.models.io import load_model
     from transferops.paths import Paths
     from transferops.stages import finetune, ingest, pretrain
     from transferops.stages.common import start_stage
-    from transferops.training.loop import accuracy
     from transferops.transfer import STRATEGIES
 
     names = names or sorted(STRATEGIES)
@@ -178,10 +178,10 @@ def methods(
 
 
 def _run_method(cfg: Config, test) -> tuple[float, float]:
+    from transferops.models.inference import accuracy
     from transferops.models.io import load_model
     from transferops.paths import Paths
     from transferops.stages import finetune
-    from transferops.training.loop import accuracy
 
     t0 = time.perf_counter()
     finetune.run(cfg)

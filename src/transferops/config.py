@@ -40,7 +40,12 @@ class BaseConfig:
     num_threads: int = 0
     """torch intra-op threads on CPU; 0 keeps torch's default (one per core)."""
     deterministic: bool = True
-    """Ask torch for deterministic kernels (slower on GPU, required for bit-identical resume)."""
+    """Ask torch for deterministic kernels (slower on GPU, required for bit-identical resume); false also lets
+    cuDNN pick the fastest kernels (``cudnn.benchmark``)."""
+    state_uri: str = ""
+    """Where resumable training state lives: a local folder or ``s3://bucket/prefix``; empty =
+    ``<artifacts_dir>/state``. On Kubeflow, point it at S3 (or a mounted volume) so a retried pod finds the
+    state of the pod it replaces: states are keyed by pipeline run and stage."""
 
     def __post_init__(self) -> None:
         _check(self.num_threads >= 0, "num_threads", "an int >= 0", self.num_threads)
@@ -75,6 +80,8 @@ class SplitConfig:
 
 
 DatasetKind = Literal["synthetic_digits", "sklearn_digits", "image_folder", "torchvision"]
+AUGMENT_POLICIES = ("none", "affine", "crop_flip", "randaug", "photometric")
+"""Augmentation policies (``transferops.data.augment`` implements each); ``train.augment`` joins them with +."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +100,9 @@ class DatasetConfig:
     """torchvision: download into ``path`` when missing (needs a network)."""
     samples_per_class: int = 300
     """synthetic_digits: images rendered per class."""
-    fonts_dir: str = "/usr/share/fonts/truetype"
-    """synthetic_digits: TrueType fonts found under here are used, plus Pillow's built-in font."""
+    fonts_dir: str = ""
+    """synthetic_digits: empty = the faces bundled in matplotlib's pinned wheel plus Pillow's built-in font
+    (the same bytes on every machine); a folder = every .ttf/.otf under it instead (machine-dependent)."""
     max_per_class: int = 0
     """Cap on images read per class (0 = no cap); handy to subsample a large dataset."""
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -111,12 +119,17 @@ class DatasetConfig:
 class IngestConfig:
     """Reading, validating and sharding the source and target datasets."""
 
-    image_size: int = 28
-    """Every image is resized to image_size x image_size."""
-    channels: int = 1
-    """1 (grayscale) or 3 (RGB); images are converted on ingest."""
+    image_size: int | Literal["auto"] = "auto"
+    """Every image is stored at image_size x image_size. auto: the median size of the datasets that have one
+    (image folders, torchvision), clipped to 28..256 (store natural images a little larger than
+    model.input_size, e.g. 256 for a 224 crop); 28 when only digits are read."""
+    channels: int | Literal["auto"] = "auto"
+    """1 (grayscale) or 3 (RGB); auto: 3 when either dataset has colour images, else 1."""
     shard_size: int = 4096
-    """Images per shard file (few large files keep DVC and S3 fast)."""
+    """Images per shard file (few large files keep DVC and S3 fast; shards are written and read streaming,
+    so this does not bound memory)."""
+    workers: int = 0
+    """Processes that decode and resize images; 0 = every CPU this process may use."""
     on_leakage: Literal["fail", "warn"] = "warn"
     """Identical images in the test split and a training split: fail ingest, or warn in the report."""
     min_per_class: int = 1
@@ -134,8 +147,9 @@ class IngestConfig:
     )
 
     def __post_init__(self) -> None:
-        _check(self.image_size >= 8, "image_size", "an int >= 8", self.image_size)
-        _check(self.channels in (1, 3), "channels", "1 or 3", self.channels)
+        _check(self.image_size == "auto" or self.image_size >= 8, "image_size", "auto or an int >= 8", self.image_size)
+        _check(self.channels in (1, 3, "auto"), "channels", "auto, 1 or 3", self.channels)
+        _check(self.workers >= 0, "workers", "an int >= 0", self.workers)
         _check(self.shard_size > 0, "shard_size", "an int > 0", self.shard_size)
         _check(self.archive_max_gib > 0, "archive_max_gib", "a float > 0", self.archive_max_gib)
         _check(self.archive_max_entries > 0, "archive_max_entries", "an int > 0", self.archive_max_entries)
@@ -154,9 +168,13 @@ class ModelConfig:
     """smallcnn: channels of the first block (doubled per block)."""
     dropout: float = 0.1
     """Dropout before the classifier head."""
+    input_size: int = 0
+    """Side of the images the network sees; 0 = the stored size (ingest.image_size). Smaller: training crops
+    (crop_flip: random-resized crop; other policies: a random crop) and evaluation takes the centre crop."""
 
     def __post_init__(self) -> None:
         _check(self.width > 0, "width", "an int > 0", self.width)
+        _check(self.input_size >= 0, "input_size", "an int >= 0", self.input_size)
         _check(0.0 <= self.dropout < 1.0, "dropout", "a float in [0, 1)", self.dropout)
 
 
@@ -177,8 +195,20 @@ class TrainConfig:
     """cosine (with linear warm-up), constant or step."""
     warmup_steps: int = 0
     label_smoothing: float = 0.0
-    augment: bool = True
-    """Random affine jitter of training batches (rotation, scale, shift, shear)."""
+    augment: str = "affine"
+    """Augmentation policy on the device: none, affine (rotation/scale/shift/shear), crop_flip (random-resized
+    crop + flip, natural images), randaug, photometric (polarity, contrast, colours, blur, noise); join with +
+    (e.g. affine+photometric)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast precision on CUDA (fp16 adds a gradient scaler); CPU runs stay fp32 unless bf16 is asked."""
+    channels_last: bool = False
+    """Keep activations in NHWC (faster convolutions with tensor cores)."""
+    compile: bool = False
+    """torch.compile the backbone (minutes of compilation for a large speed-up on long GPU runs)."""
+    log_every_steps: int = 50
+    """Read the running loss from the device (a host-device sync) every N steps and at epoch ends."""
+    prefetch: int = 2
+    """Batches assembled ahead in a background thread (pinned memory on CUDA); 0 = in the loop."""
     select_best: bool = True
     """Keep the weights of the epoch with the best validation accuracy, not the last. In finetune this uses
     the labelled target val split only when the target has labelled training images: with none (k = 0,
@@ -192,7 +222,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size"):
             _check(getattr(self, key) > 0, key, "an int > 0", getattr(self, key))
-        for key in ("steps_per_epoch", "warmup_steps", "early_stopping_patience", "checkpoint_every_steps"):
+        unknown = [p for p in self.augment.split("+") if p not in AUGMENT_POLICIES]
+        _check(not unknown, "augment", f"policies among {', '.join(AUGMENT_POLICIES)} joined by +", self.augment)
+        _check(self.log_every_steps > 0, "log_every_steps", "an int > 0", self.log_every_steps)
+        for key in ("steps_per_epoch", "warmup_steps", "early_stopping_patience", "checkpoint_every_steps", "prefetch"):
             _check(getattr(self, key) >= 0, key, "an int >= 0", getattr(self, key))
         _check(self.lr > 0, "lr", "a float > 0", self.lr)
         _check(self.weight_decay >= 0, "weight_decay", "a float >= 0", self.weight_decay)

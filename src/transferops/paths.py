@@ -35,7 +35,3 @@ class Paths:
     @property
     def target_model(self) -> Path:
         return self.root / "finetune" / "model.pt"
-
-    def state(self, name: str) -> Path:
-        """Resumable training state; outside the DVC outs, which DVC deletes before a stage runs."""
-        return self.root / "state" / name / "state.pt"

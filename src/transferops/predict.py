@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferops.data.readers import read_image_file
+from transferops.data.sources import read_image_file
 from transferops.errors import TrackingError
 
 

@@ -65,7 +65,7 @@ def test_cli_pipeline_registers_a_champion_that_reproduces_its_accuracy(tiny_par
     import torch
 
     with torch.no_grad():
-        logits = champion(torch.from_numpy(test.images).float() / 255)
+        logits = champion(torch.from_numpy(np.asarray(test.images)).float() / 255)
     assert float((logits.argmax(1).numpy() == test.labels).mean()) == pytest.approx(metrics["accuracy"])
 
     # one parent run with a nested run per stage

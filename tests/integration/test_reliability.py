@@ -17,7 +17,9 @@ import yaml
 from PIL import Image
 
 from transferops.config import load_config
+from transferops.errors import DataError
 from transferops.paths import Paths
+from transferops.training.state import state_location
 
 
 def cli(*args: str, cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -70,7 +72,8 @@ def test_finetune_killed_mid_epoch_resumes_to_identical_metrics(tiny_params, tmp
     ref_state = torch.load(paths.target_model, weights_only=True)["state_dict"]
     history = json.loads((paths.stage("finetune") / "history.json").read_text())
 
-    state = paths.state("finetune")
+    state = Path(state_location("", str(paths.root), "finetune"))
+    reference_seconds = json.loads((paths.stage("finetune") / "run.json").read_text())["seconds"]
     kill_at = random.Random().randint(4, 100)  # a random step, mostly mid-epoch (epochs are 40 steps)
     proc = subprocess.Popen(
         [sys.executable, "-m", "transferops.cli", "finetune", *p],
@@ -78,18 +81,20 @@ def test_finetune_killed_mid_epoch_resumes_to_identical_metrics(tiny_params, tmp
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    killed_at = None
+    killed_at, seen = None, None
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
-        if state.is_file():
+        stamp = state.stat().st_mtime_ns if state.is_file() else None
+        if stamp is not None and stamp != seen:  # read a state only when a new one was written
             try:
-                step = torch.load(state, weights_only=True)["step"]
+                saved = torch.load(state, weights_only=True)
             except Exception:  # replaced while reading: read again
                 continue
-            if step >= kill_at:
+            seen = stamp
+            if saved["step"] >= kill_at:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-                killed_at = step
+                killed_at, seconds_before_kill = saved["step"], saved["seconds"]
                 break
         time.sleep(0.01)
     assert killed_at is not None, "finetune finished before it could be killed"
@@ -103,14 +108,30 @@ def test_finetune_killed_mid_epoch_resumes_to_identical_metrics(tiny_params, tmp
     resumed = torch.load(paths.target_model, weights_only=True)["state_dict"]
     assert all(torch.equal(v, resumed[k]) for k, v in ref_state.items())
     assert not state.exists()
+    # one MLflow run for the whole training: continued after the kill, FINISHED, timed over both processes
+    import mlflow
+
+    cfg = load_config(tiny_params)
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], output_format="list")
+    (finetune_run,) = [x for x in runs if x.data.tags.get("transferops.stage") == "finetune"]
+    assert finetune_run.info.status == "FINISHED"
+    assert "continuing MLflow run" in r.stderr
+    seconds = float(finetune_run.data.tags["transferops.seconds"])
+    resumed_part = json.loads((paths.stage("finetune") / "run.json").read_text())
+    assert resumed_part["seconds"] == pytest.approx(seconds, abs=0.1) and resumed_part["resumed_from_step"] == killed_at
+    # the time before the kill counts (the steps it took are not run again); timings are noisy on shared CPUs
+    assert seconds > seconds_before_kill > 0 and seconds >= 0.5 * reference_seconds, (seconds, reference_seconds)
+    assert finetune_run.data.metrics["resumed_from_step"] > 0
 
 
 def test_state_of_another_config_is_refused_then_restart(tiny_params, tmp_path):
     p = ["--params", str(tiny_params)]
     prepare(tiny_params, "ingest", "pretrain")
     paths = Paths.from_config(load_config(tiny_params))
-    paths.state("finetune").parent.mkdir(parents=True)
-    torch.save({"config_hash": "other", "step": 3}, paths.state("finetune"))
+    state = Path(state_location("", str(paths.root), "finetune"))
+    state.parent.mkdir(parents=True)
+    torch.save({"config_hash": "other", "step": 3}, state)
     err = one_line_error(cli("finetune", *p, cwd=tmp_path, check=False))
     assert "belongs to another config" in err and "--restart" in err
     cli("finetune", *p, "--restart", cwd=tmp_path)
@@ -163,6 +184,33 @@ def test_one_class_dataset_is_refused(tiny_params, tmp_path):
     _target_folder(tiny_params, _folder(tmp_path / "target", classes=("only",)))
     err = one_line_error(cli("ingest", "--params", str(tiny_params), cwd=tmp_path, check=False))
     assert "found 1 class ['only']; expected at least 2 classes" in err
+
+
+def test_inputs_are_validated_cheapest_first_with_the_domain_path_and_class_named(tiny_params, tmp_path):
+    # a missing target path fails before the source is rendered (and in-process ingest fails fast)
+    from transferops.stages import ingest
+
+    cfg = load_config(tiny_params, ["ingest.target.kind=image_folder", f"ingest.target.path={tmp_path / 'nowhere'}"])
+    t0 = time.perf_counter()
+    with pytest.raises(DataError) as e:
+        ingest.run(cfg)
+    assert time.perf_counter() - t0 < 2
+    assert str(e.value).startswith(f"ingest.target.path: {tmp_path / 'nowhere'}: not found")
+    # a one-class folder is reported as such, even when its split would fail too
+    _target_folder(
+        tiny_params, _folder(tmp_path / "one", classes=("only",), n=2), **{"ingest.target.split.labels_per_class": 5}
+    )
+    err = one_line_error(cli("ingest", "--params", str(tiny_params), cwd=tmp_path, check=False))
+    assert "ingest.target (image_folder: " in err and "found 1 class ['only']" in err
+    # a split that cannot be made names the dataset and the class by name
+    _target_folder(
+        tiny_params,
+        _folder(tmp_path / "two", classes=("cat", "dog"), n=3),
+        **{"ingest.target.split.labels_per_class": 5},
+    )
+    with pytest.raises(DataError) as e:
+        ingest.run(load_config(tiny_params))
+    assert f"ingest.target (image_folder: {tmp_path / 'two'}): class 'cat' has 3 images, too few" in str(e.value)
 
 
 def test_other_target_classes_train_a_new_head_and_class_map_aligns_them(tiny_params, tmp_path):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -13,6 +14,7 @@ from tests.services.conftest import client_env
 from transferops.config import load_config
 from transferops.data.shards import load_split
 from transferops.paths import Paths
+from transferops.registry.gate import model_name
 
 pytestmark = pytest.mark.services
 
@@ -60,7 +62,7 @@ def test_pipeline_registry_workflow_against_server_and_s3(tiny_params, tmp_path,
     plots = {a.path for a in client.list_artifacts(stages["evaluate"].info.run_id, "evaluation")}
     assert {"evaluation/confusion_matrix.png", "evaluation/reliability.png"} <= plots
     # the version: lineage tags, model card, aliases
-    mv = client.get_model_version(cfg.register.model_name, "1")
+    mv = client.get_model_version(model_name(cfg), "1")
     for tag in ("git_sha", "params_hash", "source_version", "target_version", "method", "pipeline_run_id"):
         assert mv.tags[f"transferops.{tag}"], tag
     assert mv.tags["transferops.pipeline_run_id"] == parent.info.run_id
@@ -74,15 +76,17 @@ def test_pipeline_registry_workflow_against_server_and_s3(tiny_params, tmp_path,
     assert any(k.endswith("confusion_matrix.png") for k in keys) and any("/models/" in k or "model" in k for k in keys)
     # load by alias through the server reproduces the evaluated accuracy
     test = load_split(paths.target_data, "test")
-    champion = mlflow.pytorch.load_model(f"models:/{cfg.register.model_name}@champion")
+    champion = mlflow.pytorch.load_model(f"models:/{model_name(cfg)}@champion")
     with torch.no_grad():
-        acc = float((champion(torch.from_numpy(test.images).float() / 255).argmax(1).numpy() == test.labels).mean())
+        acc = float(
+            (champion(torch.from_numpy(np.asarray(test.images)).float() / 255).argmax(1).numpy() == test.labels).mean()
+        )
     assert acc == pytest.approx(metrics["accuracy"])
     out = cli(
         "predict",
         *p,
         "--model",
-        f"models:/{cfg.register.model_name}@champion",
+        f"models:/{model_name(cfg)}@champion",
         str(_png(tmp_path / "digit.png")),
         cwd=tmp_path,
         env=env,
@@ -93,7 +97,7 @@ def test_pipeline_registry_workflow_against_server_and_s3(tiny_params, tmp_path,
     # a retried registration creates no new version
     cli("register", *p, cwd=tmp_path, env=env)
     assert _reg(paths)["version"] == "1"
-    assert len(client.search_model_versions(f"name = '{cfg.register.model_name}'")) == 1
+    assert len(client.search_model_versions(f"name = '{model_name(cfg)}'")) == 1
 
     # a better candidate (longer fine-tuning of the same source model) is promoted
     better = ["--set", "finetune.epochs=6", "--set", "finetune.steps_per_epoch=10"]
@@ -106,10 +110,10 @@ def test_pipeline_registry_workflow_against_server_and_s3(tiny_params, tmp_path,
     cli("register", *p, *better, "--set", "register.min_delta=0.5", cwd=tmp_path, env=env)
     reg3 = _reg(paths)
     assert reg3["version"] == "3" and not reg3["promoted"] and reg3["aliases"] == ["challenger"]
-    assert str(client.get_model_version_by_alias(cfg.register.model_name, "champion").version) == "2"
+    assert str(client.get_model_version_by_alias(model_name(cfg), "champion").version) == "2"
     # rollback restores the previous champion; history lists every champion move
     cli("registry", "rollback", *p, cwd=tmp_path, env=env)
-    assert str(client.get_model_version_by_alias(cfg.register.model_name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(model_name(cfg), "champion").version) == "1"
     history = cli("registry", "history", *p, cwd=tmp_path, env=env).stdout
     champion_moves = [line for line in history.splitlines() if " champion " in line]
     assert len(champion_moves) == 3

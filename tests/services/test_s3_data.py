@@ -10,9 +10,14 @@ import pytest
 from PIL import Image
 
 from tests.conftest import dvc_repo
-from transferops.config import DatasetConfig
-from transferops.data.readers import read_dataset
+from transferops.config import DatasetConfig, IngestConfig
+from transferops.data.sources import open_source
 from transferops.errors import DataError
+
+
+def _open(path: str, work: Path):
+    return open_source(DatasetConfig(kind="image_folder", path=path), IngestConfig(), 0, work, "ingest.target")
+
 
 pytestmark = pytest.mark.services
 
@@ -36,22 +41,22 @@ def test_ingest_from_s3_prefix_equals_ingest_from_disk(s3, tmp_path):
         client.upload_file(str(f), "datasets", f"team/digits/{f.relative_to(root).as_posix()}")
     manifests = []
     for path in (str(root), "s3://datasets/team/digits"):
-        ds = read_dataset(DatasetConfig(kind="image_folder", path=path), 16, 1, 0)
-        splits = stratified_split(ds.labels, len(ds.classes), DatasetConfig().split, 0)
-        out = tmp_path / ("s3" if path.startswith("s3") else "disk")
-        manifests.append(write_dataset(out, ds.images, ds.labels, ds.classes, splits, 8))
+        name = "s3" if path.startswith("s3") else "disk"
+        src = _open(path, tmp_path / f"work-{name}")
+        splits = stratified_split(src.labels, src.classes, DatasetConfig().split, 0)
+        manifests.append(write_dataset(tmp_path / name, src, splits, 8, size=16, channels=1)[0])
     assert manifests[0]["classes"] == ["ant", "bee", "cat"]
     assert manifests[0]["version"] == manifests[1]["version"]
     assert manifests[0]["splits"] == manifests[1]["splits"]
 
 
-def test_s3_errors_name_the_url(s3):
+def test_s3_errors_name_the_url(s3, tmp_path):
     with pytest.raises(DataError, match=r"s3://no-such-bucket/x: S3 request failed \(NoSuchBucket"):
-        read_dataset(DatasetConfig(kind="image_folder", path="s3://no-such-bucket/x"), 16, 1, 0)
+        _open("s3://no-such-bucket/x", tmp_path / "a")
     _, client = s3
     client.create_bucket(Bucket="empty-bucket")
     with pytest.raises(DataError, match="no objects under this prefix"):
-        read_dataset(DatasetConfig(kind="image_folder", path="s3://empty-bucket/nothing"), 16, 1, 0)
+        _open("s3://empty-bucket/nothing", tmp_path / "b")
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -87,3 +92,24 @@ def test_dvc_push_pull_through_s3_remote(s3, tmp_path):
     assert _digest(repo / "artifacts" / "ingest") == before
     assert (repo / "artifacts" / "pretrain" / "model.pt").is_file()
     assert "Data and pipelines are up to date" in sh("dvc", "repro")
+
+
+def test_training_state_on_s3_is_saved_atomically_read_back_and_deleted(s3):
+    import torch
+
+    from transferops.training.state import open_state_store, state_location
+
+    _, client = s3
+    client.create_bucket(Bucket="train-state")
+    store = open_state_store(state_location("s3://train-state/runs", "unused", "finetune", run_key="run-1"))
+    assert store.load() is None
+    store.save({"step": 3, "w": torch.arange(4.0)})
+    store.save({"step": 6, "w": torch.arange(4.0) * 2})
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="train-state").get("Contents", [])]
+    assert keys == ["runs/run-1/finetune/state.pt"]  # the temporary upload keys are gone
+    state = store.load()
+    assert state["step"] == 6 and torch.equal(state["w"], torch.arange(4.0) * 2)
+    other = open_state_store(state_location("s3://train-state/runs", "unused", "finetune", run_key="run-2"))
+    assert other.load() is None  # another run never sees this one's state
+    store.delete()
+    assert store.load() is None

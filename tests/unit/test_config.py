@@ -49,7 +49,7 @@ def test_unknown_key_is_rejected_with_its_path(tmp_path):
         ({"pretrain": {"epochs": "three"}}, "pretrain.epochs: expected int, got 'three'"),
         ({"pretrain": {"lr": True}}, "pretrain.lr: expected float"),
         ({"ingest": {"target": {"split": {"labels_per_class": -1}}}}, "ingest.target.split.labels_per_class"),
-        ({"ingest": {"channels": 2}}, "ingest.channels: expected 1 or 3, got 2"),
+        ({"ingest": {"channels": 2}}, "ingest.channels: expected auto, 1 or 3, got 2"),
         ({"finetune": {"method": "magic"}}, "finetune.method: expected one of"),
         ({"base": 3}, "base: expected a mapping"),
         ({"ingest": {"source": {"kind": "ftp"}}}, "ingest.source.kind: expected one of synthetic_digits"),

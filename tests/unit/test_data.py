@@ -1,80 +1,130 @@
+import hashlib
 import struct
 import tarfile
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from transferops.config import DatasetConfig, SplitConfig
-from transferops.data import archive
-from transferops.data.readers import read_dataset
-from transferops.data.shards import load_split, read_manifest, stratified_split, write_dataset
-from transferops.data.synthetic import render_digits
+from transferops.config import DatasetConfig, IngestConfig, SplitConfig
+from transferops.data import archive, sources
+from transferops.data.shards import (
+    ShardedArray,
+    ShardWriter,
+    load_split,
+    read_manifest,
+    stratified_split,
+    write_dataset,
+)
+from transferops.data.sources import ArraySource, load_all, open_source
+from transferops.data.synthetic import BUNDLED_FACES, bundled_fonts, render_digits
 from transferops.errors import DataError
 
-FONTS = "/usr/share/fonts/truetype"
+
+def read_dataset(spec: DatasetConfig, size: int, channels: int, seed: int = 0) -> SimpleNamespace:
+    """List and decode a whole (small) dataset, as ingest would, into memory."""
+    import tempfile
+
+    src = open_source(spec, IngestConfig(), seed, Path(tempfile.mkdtemp()), f"test {spec.kind}")
+    return SimpleNamespace(images=load_all(src, size, channels), labels=src.labels, classes=src.classes, source=src)
 
 
-def test_synthetic_digits_are_deterministic_and_vary_with_seed():
-    a, la, classes = render_digits(3, 28, FONTS, seed=1)
-    b, lb, _ = render_digits(3, 28, FONTS, seed=1)
-    c, _, _ = render_digits(3, 28, FONTS, seed=2)
+def test_synthetic_digits_are_deterministic_per_image_and_vary_with_seed():
+    a, la = render_digits(3, 28, seed=1)
+    b, lb = render_digits(3, 28, seed=1)
+    c, _ = render_digits(3, 28, seed=2)
     assert a.shape == (30, 1, 28, 28) and a.dtype == np.uint8
-    assert classes == [str(d) for d in range(10)]
     assert np.array_equal(a, b) and np.array_equal(la, lb)
     assert not np.array_equal(a, c)
     assert np.bincount(la).tolist() == [3] * 10
     # white ink on a dark background, like the handwritten target
     assert a.mean() < 90 and a.max() > 200
+    # image i is a pure function of (seed, i): rendering a subset, in any order, gives the same bytes
+    src = open_source(DatasetConfig(samples_per_class=3), IngestConfig(), 1, Path("."), "src")
+    assert np.array_equal(src.decode(17, 28, 1), a[17]) and np.array_equal(src.decode(4, 28, 3)[2], a[4][0])
 
 
-def test_synthetic_digits_fall_back_to_pillow_font_without_font_files(tmp_path):
-    images, _, _ = render_digits(1, 16, str(tmp_path / "no-fonts"), seed=0)
-    assert images.shape == (10, 1, 16, 16) and images.max() > 100
+def test_synthetic_fonts_come_from_the_pinned_matplotlib_wheel_not_the_machine(tmp_path):
+    import matplotlib
+
+    fonts = bundled_fonts()
+    assert len(fonts) == len(BUNDLED_FACES) == 21
+    assert all(str(f).startswith(matplotlib.get_data_path()) for f in fonts)
+    # fonts_dir opts into a folder of fonts instead: only its faces (plus Pillow's) are used
+    (tmp_path / "f").mkdir()
+    for face in ("cmr10.ttf", "DejaVuSans.ttf"):
+        (tmp_path / "f" / face).write_bytes((fonts[0].parent / face).read_bytes())
+    own, _ = render_digits(2, 20, seed=0, fonts_dir=str(tmp_path / "f"))
+    assert not np.array_equal(own, render_digits(2, 20, seed=0)[0])
+    with pytest.raises(DataError, match="not a folder of .ttf/.otf fonts"):
+        render_digits(1, 16, seed=0, fonts_dir=str(tmp_path / "none"))
 
 
 def test_sklearn_target_is_resized_real_digits():
-    ds = read_dataset(DatasetConfig(kind="sklearn_digits"), 28, 1, 0)
+    ds = read_dataset(DatasetConfig(kind="sklearn_digits"), 28, 1)
     assert ds.images.shape == (1797, 1, 28, 28)
     assert ds.classes == [str(d) for d in range(10)]
     assert np.bincount(ds.labels).min() >= 170
+    assert (ds.source.native_size, ds.source.colour) == (8, False)
 
 
 def test_stratified_split_is_disjoint_stratified_and_seeded():
     labels = np.repeat(np.arange(4), 20)
     split = SplitConfig(test_fraction=0.25, val_per_class=3, labels_per_class=2)
-    s = stratified_split(labels, 4, split, seed=0)
+    s = stratified_split(labels, list("abcd"), split, seed=0)
     assert {k: len(v) for k, v in s.items()} == {"labeled": 8, "unlabeled": 40, "val": 12, "test": 20}
     for name in ("labeled", "val", "test"):
         assert np.bincount(labels[s[name]], minlength=4).tolist() == [len(s[name]) // 4] * 4
     everything = np.concatenate(list(s.values()))
     assert sorted(everything.tolist()) == list(range(80))
-    again = stratified_split(labels, 4, split, seed=0)
-    other = stratified_split(labels, 4, split, seed=1)
+    again = stratified_split(labels, list("abcd"), split, seed=0)
+    other = stratified_split(labels, list("abcd"), split, seed=1)
     assert all(np.array_equal(s[k], again[k]) for k in s)
     assert not np.array_equal(s["test"], other["test"])
 
 
-def test_split_refuses_more_labels_than_a_class_has():
+def test_split_refuses_more_labels_than_a_class_has_naming_dataset_and_class():
     labels = np.repeat(np.arange(2), 5)
-    with pytest.raises(DataError, match="labels_per_class too large"):
-        stratified_split(labels, 2, SplitConfig(0.2, 1, 10), seed=0)
+    with pytest.raises(DataError) as e:
+        stratified_split(labels, ["cat", "dog"], SplitConfig(0.2, 1, 10), seed=0, where="ingest.target (x: /d)")
+    assert str(e.value).startswith("ingest.target (x: /d): class 'cat' has 5 images, too few for 1 test")
 
 
-def test_shards_round_trip_and_detect_tampering(tmp_path):
+def _array_source(images: np.ndarray, labels: np.ndarray, classes) -> ArraySource:
+    """Images held as (N, H, W) arrays, decoded at their own size."""
+    return ArraySource(images[:, 0], classes, labels, [f"a[{i}]" for i in range(len(labels))], "arrays", 8, False)
+
+
+def test_shards_stream_byte_identical_to_np_save_and_round_trip(tmp_path):
     images = np.random.default_rng(0).integers(0, 255, (50, 1, 8, 8), dtype=np.uint8)
     labels = np.repeat(np.arange(5), 10)
-    splits = stratified_split(labels, 5, SplitConfig(0.2, 2, None), seed=0)
-    m = write_dataset(tmp_path / "d", images, labels, list("abcde"), splits, shard_size=7)
+    w = ShardWriter(tmp_path / "x.npy", images.shape)
+    for start in range(0, 50, 7):
+        w.append(images[start : start + 7])
+    digest = w.close()
+    np.save(tmp_path / "ref.npy", images, allow_pickle=False)
+    assert (tmp_path / "x.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()
+    assert digest == hashlib.sha256((tmp_path / "ref.npy").read_bytes()).hexdigest()
+
+    splits = stratified_split(labels, list("abcde"), SplitConfig(0.2, 2, None), seed=0)
+    src = _array_source(images, labels, list("abcde"))
+    m, hashes = write_dataset(tmp_path / "d", src, splits, shard_size=7, size=8, channels=1, workers=1)
     assert [sh["count"] for sh in m["splits"]["labeled"]["shards"]] == [7, 7, 7, 7, 2]  # 30 images, shards of 7
+    assert hashes[3] == hashlib.sha1(images[3].tobytes()).hexdigest()
     got = load_split(tmp_path / "d", "labeled")
-    assert np.array_equal(got.images, images[splits["labeled"]])
+    assert isinstance(got.images, ShardedArray) and all(isinstance(p, np.memmap) for p in got.images.parts)
+    assert np.array_equal(np.asarray(got.images), images[splits["labeled"]])
     assert np.array_equal(got.labels, labels[splits["labeled"]])
-    # same data -> same version; a flipped byte -> a clear error naming the shard
-    m2 = write_dataset(tmp_path / "e", images, labels, list("abcde"), splits, shard_size=7)
+    # a gather across shards, unsorted and with repeats, reads exactly those rows
+    pick = np.array([29, 0, 8, 8, 15, 3])
+    assert np.array_equal(got.images.take(pick), images[splits["labeled"]][pick])
+    assert np.array_equal(got.images[5:12], images[splits["labeled"]][5:12])
+    # same data -> same version (in parallel too); a flipped byte -> a clear error naming the shard
+    m2, _ = write_dataset(tmp_path / "e", src, splits, shard_size=7, size=8, channels=1, workers=2)
     assert m2["version"] == m["version"] == read_manifest(tmp_path / "d")["version"]
     shard = tmp_path / "d" / m["splits"]["test"]["shards"][0]["images"]
     raw = bytearray(shard.read_bytes())
@@ -84,6 +134,15 @@ def test_shards_round_trip_and_detect_tampering(tmp_path):
         load_split(tmp_path / "d", "test")
     with pytest.raises(DataError, match="run `transferops ingest` first"):
         load_split(tmp_path / "missing", "test")
+
+
+def test_a_corrupt_image_found_by_a_decode_worker_names_its_file(tmp_path):
+    root = _image_folder(tmp_path / "data", n=40)
+    (root / "dog" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    src = open_source(DatasetConfig(kind="image_folder", path=str(root)), IngestConfig(), 0, tmp_path, "t")
+    splits = {"labeled": np.arange(len(src))}
+    with pytest.raises(DataError, match="dog/bad.png: corrupt or unreadable image"):
+        write_dataset(tmp_path / "out", src, splits, shard_size=16, size=8, channels=1, workers=2)
 
 
 def _image_folder(root: Path, classes=("cat", "dog"), n=3, size=(12, 10)) -> Path:
@@ -96,7 +155,7 @@ def _image_folder(root: Path, classes=("cat", "dog"), n=3, size=(12, 10)) -> Pat
     return root
 
 
-def test_image_folder_reads_classes_resizes_and_converts(tmp_path):
+def test_image_folder_reads_classes_resizes_converts_and_knows_its_geometry(tmp_path):
     root = _image_folder(tmp_path / "data")
     ds = read_dataset(DatasetConfig(kind="image_folder", path=str(root)), 16, 1, 0)
     assert ds.classes == ["cat", "dog"]
@@ -104,6 +163,7 @@ def test_image_folder_reads_classes_resizes_and_converts(tmp_path):
     assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
     rgb = read_dataset(DatasetConfig(kind="image_folder", path=str(root)), 16, 3, 0)
     assert rgb.images.shape == (6, 3, 16, 16)
+    assert (ds.source.native_size, ds.source.colour) == (12, True)  # 12x10 colour noise
 
 
 @pytest.mark.parametrize(
@@ -282,10 +342,8 @@ def test_torchvision_missing_dataset_says_where_to_put_it(tmp_path):
 
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
-    from transferops.data import readers
-
     root = _image_folder(tmp_path / "data", size=(40, 40))
-    monkeypatch.setattr(readers, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(sources, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(DataError, match="possible decompression bomb"):
         read_dataset(DatasetConfig(kind="image_folder", path=str(root)), 16, 1, 0)
 

@@ -68,7 +68,9 @@ def test_weights_from_a_transferops_checkpoint_path(tmp_path):
     from transferops.models.io import save_model
 
     src = create_model("smallcnn", 10, width=8)
-    save_model(tmp_path / "source.pt", src, Config(model=ModelConfig(width=8)), [str(d) for d in range(10)], {})
+    save_model(
+        tmp_path / "source.pt", src, Config(model=ModelConfig(width=8)), [str(d) for d in range(10)], [1, 12, 12], {}
+    )
     same = create_model("smallcnn", 10, weights=str(tmp_path / "source.pt"), width=8)
     assert all(torch.equal(v, same.state_dict()[k]) for k, v in src.state_dict().items())
     other = create_model("smallcnn", 4, weights=str(tmp_path / "source.pt"), width=8)  # new head, same backbone

@@ -4,11 +4,14 @@ import pytest
 import torch
 
 from transferops.config import TrainConfig
-from transferops.data.batches import BatchStream, augment
+from transferops.data.augment import eval_transform, train_transform
+from transferops.data.batches import BatchStream, Prefetcher
 from transferops.errors import CheckpointError, TrainingError
 from transferops.models import create_model
-from transferops.training.loop import Trainer, accuracy, train
+from transferops.models.inference import accuracy
+from transferops.training.loop import Trainer, load_resume_state, train
 from transferops.training.seeding import seed_everything
+from transferops.training.state import LocalStateStore, state_location
 from transferops.transfer import Strategy
 
 from .helpers import random_split
@@ -17,10 +20,12 @@ CPU = torch.device("cpu")
 CFG = TrainConfig(epochs=3, steps_per_epoch=5, batch_size=8, lr=5e-3, checkpoint_every_steps=2)
 
 
-def _run(tmp_path, cfg=CFG, strategy=None, config_hash="h", restart=False):
+def _run(tmp_path, cfg=CFG, strategy=None, config_hash="h", restart=False, run_id=None):
     seed_everything(0)
     model = create_model("smallcnn", 3, width=8, dropout=0.2)
     data, val = random_split(48, 3), random_split(12, 3, seed=1)
+    store = LocalStateStore(tmp_path / "state.pt")
+    saved = load_resume_state(store, config_hash, restart)
     fit = train(
         model,
         strategy or Strategy(),
@@ -29,9 +34,10 @@ def _run(tmp_path, cfg=CFG, strategy=None, config_hash="h", restart=False):
         val,
         0,
         CPU,
-        tmp_path / "state.pt",
+        store,
         config_hash,
-        restart=restart,
+        resume_from=saved,
+        run_id=run_id,
     )
     return model, fit
 
@@ -107,8 +113,12 @@ def test_batches_are_a_function_of_step():
     for step in (7, 0, 3):
         assert torch.equal(s1.batch(step)[0], s2.batch(step)[0])
     assert not torch.equal(s1.batch(0)[0], s1.batch(2)[0])  # next pass, new order
-    x = s1.batch(0)[0]
-    assert torch.equal(augment(x, 0, 5), augment(x, 0, 5)) and not torch.equal(augment(x, 0, 5), augment(x, 0, 6))
+    x = s1.batch(0)[0].float() / 255
+    a = train_transform(x, "affine", 0, 5)
+    assert torch.equal(a, train_transform(x, "affine", 0, 5)) and not torch.equal(a, train_transform(x, "affine", 0, 6))
+    # a rank's slice of the global batch: the ranks' slices together are the global batch
+    halves = [BatchStream(data, 8, seed=3, rank=r, world=2).indices(5) for r in (0, 1)]
+    assert sorted(torch.cat(halves).tolist()) == sorted(s1.indices(5).tolist())
 
 
 def test_missing_stream_is_named():
@@ -121,3 +131,59 @@ def test_missing_stream_is_named():
         Trainer(
             model, NeedsSource(), CFG, {"labeled": BatchStream(random_split(8, 2), 4, 0)}, random_split(4, 2), CPU, 0
         )
+
+
+def test_resume_continues_the_mlflow_run_and_counts_the_whole_training_time(tmp_path):
+    with pytest.raises(_Preempted):
+        _run(tmp_path, strategy=_DiesAt(7), run_id="run-abc")
+    state = LocalStateStore(tmp_path / "state.pt").load()
+    assert state["tracking_run_id"] == "run-abc" and state["step"] == 6 and state["seconds"] > 0
+    _, fit = _run(tmp_path, run_id="run-abc")
+    assert fit.seconds > state["seconds"] and fit.resumed_from_step == 6
+
+
+def test_prefetching_changes_nothing_but_speed(tmp_path):
+    from dataclasses import replace
+
+    a, fa = _run(tmp_path / "a", cfg=replace(CFG, prefetch=0))
+    b, fb = _run(tmp_path / "b", cfg=replace(CFG, prefetch=3))
+    assert fa.history == fb.history
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+    # errors in the background thread surface in the loop, at their step
+    def fetch(step):
+        if step == 2:
+            raise ValueError("bad shard at step 2")
+        return {"x": (torch.zeros(1), torch.zeros(1))}
+
+    with Prefetcher(fetch, 0, 5, depth=2, pin=False) as p:
+        p.get(0), p.get(1)
+        with pytest.raises(ValueError, match="bad shard at step 2"):
+            p.get(2)
+
+
+@pytest.mark.parametrize("policy", ["none", "affine", "crop_flip", "randaug", "photometric", "affine+photometric"])
+def test_augmentation_policies_are_seeded_and_keep_or_crop_the_geometry(policy):
+    x = torch.rand(6, 3, 20, 20)
+    a = train_transform(x, policy, seed=1, step=4, input_size=16)
+    assert a.shape == (6, 3, 16, 16) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, train_transform(x, policy, seed=1, step=4, input_size=16))
+    if policy != "none":  # "none" still crops at random, like every policy when the input is larger
+        assert not torch.equal(a, train_transform(x, policy, seed=1, step=5, input_size=16))
+    assert torch.equal(eval_transform(x, 16), x[..., 2:18, 2:18])  # evaluation: the centre crop
+
+
+def test_photometric_covers_polarity_and_colour():
+    x = torch.zeros(64, 3, 8, 8)
+    x[:, :, 2:6, 2:6] = 1.0  # white ink on black
+    y = train_transform(x, "photometric", seed=0, step=0)
+    background = y[:, :, 0, 0]
+    assert (background.mean(1) > 0.5).sum() > 10  # some became light paper (inverted or tinted)
+    assert (background.std(1) > 0.05).sum() > 5  # some got a colour, not a grey
+
+
+def test_state_location_is_keyed_by_run_and_stage(monkeypatch):
+    monkeypatch.delenv("TRANSFEROPS_RUN_KEY", raising=False)
+    assert state_location("", "artifacts", "finetune") == "artifacts/state/finetune/state.pt"
+    monkeypatch.setenv("TRANSFEROPS_RUN_KEY", "run 7/a")
+    assert state_location("s3://b/p/", "artifacts", "pretrain") == "s3://b/p/run-7-a/pretrain/state.pt"

@@ -1,40 +1,52 @@
-"""Batches for training: stateless, seeded sampling and on-the-fly augmentation.
+"""Batches for training: stateless seeded sampling from memory-mapped shards, and a prefetcher.
 
 The batch drawn at step ``s`` is a pure function of (seed, stream, s): a run resumed from a checkpoint at
 step ``s`` draws exactly the batches the uninterrupted run would have drawn, with no sampler state to save.
+Under data parallelism each rank takes its own slice of that same global batch, so the global batch does not
+depend on the number of processes either.
+
+Batches stay uint8 until they are on the device (four times less to copy); :class:`Prefetcher` gathers the
+next batches from the memory maps in a background thread, into pinned memory when the device is a GPU, so the
+copy can overlap compute (``non_blocking=True``).
 """
 
 from __future__ import annotations
 
-import math
+import queue
+import threading
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from transferops.data.shards import Split
+from transferops.data.augment import generator
+from transferops.data.shards import ShardedArray, Split
+
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def _gen(*keys: int) -> torch.Generator:
-    seed = int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator().manual_seed(seed)
+def _rows(images) -> ShardedArray:
+    if isinstance(images, ShardedArray):
+        return images
+    arr = np.asarray(images)
+    return ShardedArray([arr], arr.shape[1:], arr.dtype)
 
 
 class BatchStream:
     """Endless shuffled batches over one split, indexable by global step.
 
     Each pass over the data is a fresh seeded permutation; when the split is smaller than the batch size a
-    batch is the whole split.
+    batch is the whole split. ``rank``/``world`` select this process's slice of the global batch.
     """
 
-    def __init__(self, split: Split, batch_size: int, seed: int, stream: int = 0) -> None:
+    def __init__(self, split: Split, batch_size: int, seed: int, stream: int = 0, rank: int = 0, world: int = 1):
         if len(split) == 0:
             raise ValueError("cannot draw batches from an empty split")
-        self.images = torch.from_numpy(split.images)
-        self.labels = torch.from_numpy(split.labels)
+        self.images = _rows(split.images)
+        self.labels = torch.from_numpy(np.asarray(split.labels, dtype=np.int64))
         self.batch_size = min(batch_size, len(split))
         self.per_pass = len(split) // self.batch_size
-        self.seed, self.stream = seed, stream
+        self.seed, self.stream, self.rank, self.world = seed, stream, rank, world
         self._perm_pass, self._perm = -1, None
 
     @property
@@ -42,51 +54,96 @@ class BatchStream:
         """Steps that make one pass over the split (a partial last batch is dropped)."""
         return self.per_pass
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images as float in [0, 1] and labels, for global step ``step``."""
+    def indices(self, step: int) -> torch.Tensor:
+        """Rows of the global batch at ``step`` that belong to this rank."""
         p, i = divmod(step, self.per_pass)
         if p != self._perm_pass:
-            self._perm = torch.randperm(len(self.labels), generator=_gen(self.seed, self.stream, p))
+            self._perm = torch.randperm(len(self.labels), generator=generator(self.seed, self.stream, p))
             self._perm_pass = p
         idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
-        return to_float(self.images[idx]), self.labels[idx]
+        return idx[self.rank :: self.world]
+
+    def batch(self, step: int) -> Batch:
+        """Images as stored (uint8, or float for cached features) and labels, for global step ``step``."""
+        idx = self.indices(step)
+        return torch.from_numpy(self.images.take(idx.numpy())), self.labels[idx]
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (N, C, H, W) -> float32 in [0, 1] (models normalise internally); float inputs, such as
-    cached features, pass through unchanged."""
+    """uint8 images -> float32 in [0, 1] (models normalise internally); float inputs, such as cached
+    features, pass through unchanged."""
     if images.dtype == torch.uint8:
         return images.float().div_(255.0)
     return images.float()
 
 
-def augment(x: torch.Tensor, seed: int, step: int) -> torch.Tensor:
-    """Random affine jitter per image (rotation +-12 deg, scale 0.9-1.1, shift +-10 %, shear +-0.15).
-
-    Runs on whatever device ``x`` lives on; the random draws are seeded by (seed, step).
-    """
-    n = x.shape[0]
-    g = _gen(seed, 0xA06, step)
-    u = torch.rand(n, 5, generator=g) * 2 - 1
-    angle = u[:, 0] * math.radians(12)
-    scale = 1 + 0.1 * u[:, 1]
-    shear = 0.15 * u[:, 2]
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = cos
-    theta[:, 0, 1] = -sin + shear
-    theta[:, 1, 0] = sin
-    theta[:, 1, 1] = cos
-    theta[:, 0, 2] = 0.1 * u[:, 3]
-    theta[:, 1, 2] = 0.1 * u[:, 4]
-    theta = theta.to(x.device, x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def iterate(split: Split, batch_size: int):
-    """Ordered, un-augmented batches for evaluation and feature extraction."""
-    images = torch.from_numpy(split.images)
-    labels = torch.from_numpy(split.labels)
+def iterate(split: Split, batch_size: int) -> Iterator[Batch]:
+    """Ordered, un-augmented float batches for evaluation and feature extraction, read a batch at a time."""
+    images = _rows(split.images)
+    labels = torch.from_numpy(np.asarray(split.labels, dtype=np.int64))
     for start in range(0, len(labels), batch_size):
-        yield to_float(images[start : start + batch_size]), labels[start : start + batch_size]
+        rows = images.take(np.arange(start, min(start + batch_size, len(labels))))
+        yield to_float(torch.from_numpy(rows)), labels[start : start + batch_size]
+
+
+class Prefetcher:
+    """Runs ``fetch(step)`` for steps ``start..stop-1`` in a background thread, ``depth`` steps ahead.
+
+    ``fetch`` returns a dict of CPU tensors (one batch per stream); with ``pin`` they are copied into page-
+    locked memory so the training loop's ``.to(device, non_blocking=True)`` is asynchronous. Because a batch
+    is a pure function of its step, prefetching changes nothing in what is drawn. ``depth`` 0 fetches in the
+    caller's thread.
+    """
+
+    def __init__(self, fetch: Callable[[int], dict[str, Batch]], start: int, stop: int, depth: int, pin: bool):
+        self.fetch, self.next_step, self.stop_step, self.pin = fetch, start, stop, pin
+        self.depth = depth
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._halt = threading.Event()
+        self._thread = None
+        if depth > 0 and start < stop:
+            self._thread = threading.Thread(target=self._work, args=(start,), daemon=True, name="prefetch")
+            self._thread.start()
+
+    def _load(self, step: int) -> dict[str, Batch]:
+        out = self.fetch(step)
+        if self.pin:
+            out = {k: (x.pin_memory(), y.pin_memory()) for k, (x, y) in out.items()}
+        return out
+
+    def _work(self, start: int) -> None:
+        for step in range(start, self.stop_step):
+            try:
+                item = (step, self._load(step), None)
+            except BaseException as exc:  # handed to the consumer, raised there
+                item = (step, None, exc)
+            while not self._halt.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if self._halt.is_set() or item[2] is not None:
+                return
+
+    def get(self, step: int) -> dict[str, Batch]:
+        """The batches of ``step`` (steps must be asked for in order)."""
+        if self._thread is None:
+            return self._load(step)
+        got, batches, error = self._queue.get()
+        if error is not None:
+            raise error
+        if got != step:
+            raise RuntimeError(f"prefetcher out of order: asked for step {step}, got {got}")
+        return batches
+
+    def close(self) -> None:
+        self._halt.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

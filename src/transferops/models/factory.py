@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from transferops.config import ModelConfig
 from transferops.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,12 @@ class TransferNet(nn.Module):
         mean: tuple[float, ...],
         std: tuple[float, ...],
         dropout: float = 0.0,
+        input_size: int = 0,
     ) -> None:
         super().__init__()
+        self.input_size = input_size
+        """Side of the images the network is trained and evaluated on (0 = as stored); inference centre-crops
+        or resizes to it."""
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.dropout = nn.Dropout(dropout)
@@ -187,6 +192,7 @@ def create_model(
     in_channels: int = 1,
     width: int = 32,
     dropout: float = 0.0,
+    input_size: int = 0,
 ) -> TransferNet:
     """Build a :class:`TransferNet`.
 
@@ -199,6 +205,7 @@ def create_model(
         in_channels: 1 or 3; a pretrained RGB stem is adapted by summing its filters.
         width: smallcnn width; ignored for torchvision models.
         dropout: dropout before the head.
+        input_size: side of the images the network sees (0 = as stored).
     """
     if name in ARCHITECTURES:
         backbone, dim, stages = ARCHITECTURES[name](in_channels=in_channels, width=width, weights=weights)
@@ -207,13 +214,21 @@ def create_model(
         backbone, dim, stages = torchvision_backbone(name, in_channels, weights)
         mean = IMAGENET_MEAN if in_channels == 3 else (sum(IMAGENET_MEAN) / 3,)
         std = IMAGENET_STD if in_channels == 3 else (sum(IMAGENET_STD) / 3,)
-    model = TransferNet(backbone, dim, num_classes, stages, mean, std, dropout)
+    model = TransferNet(backbone, dim, num_classes, stages, mean, std, dropout, input_size)
     if _is_path(weights):
         from transferops.training.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(Path(weights))
         load_weights(model, ckpt["state_dict"], source=weights)
     return model
+
+
+def model_from_config(m: ModelConfig, num_classes: int, in_channels: int, weights: str | None = None) -> TransferNet:
+    """The network ``model:`` describes (the one way pretrain, the baselines and checkpoints build it);
+    ``weights`` overrides ``m.weights`` (e.g. ``none`` for a from-scratch baseline)."""
+    return create_model(
+        m.name, num_classes, m.weights if weights is None else weights, in_channels, m.width, m.dropout, m.input_size
+    )
 
 
 def load_weights(model: TransferNet, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> bool:

@@ -1,8 +1,9 @@
 """Model checkpoints: what pretrain and finetune save, and how any later step rebuilds the network.
 
 A model checkpoint is a plain dict (tensors, strings, numbers) loaded with ``weights_only=True``: the state
-dict, how to rebuild the architecture, the class names, the image geometry, the resolved config and the
-lineage (git sha, params hash, dataset versions).
+dict, how to rebuild the architecture, the class names, the image geometry the network was trained on (from
+the ingested data, never from params), the resolved config and the lineage (git sha, params hash, dataset
+versions, method).
 """
 
 from __future__ import annotations
@@ -11,20 +12,28 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from transferops.config import Config
-from transferops.models.factory import TransferNet, create_model
+from transferops.config import Config, ModelConfig
+from transferops.models.factory import TransferNet, model_from_config
 from transferops.training.checkpoint import FORMAT, load_model_checkpoint, save_checkpoint
 
 
-def save_model(path: Path, model: TransferNet, cfg: Config, classes: list[str], lineage: dict[str, Any]) -> None:
-    """Atomically write a model checkpoint."""
+def save_model(
+    path: Path,
+    model: TransferNet,
+    cfg: Config,
+    classes: list[str],
+    image_shape: list[int],
+    lineage: dict[str, Any],
+) -> None:
+    """Atomically write a model checkpoint; ``image_shape`` is the (C, H, W) of the ingested images."""
     payload = {
         "format": FORMAT,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model": asdict(cfg.model),
         "classes": list(classes),
-        "in_channels": cfg.ingest.channels,
-        "image_size": cfg.ingest.image_size,
+        "in_channels": int(image_shape[0]),
+        "image_size": int(image_shape[1]),
+        "input_size": int(model.input_size or image_shape[1]),
         "config": cfg.to_dict(),
         "lineage": lineage,
     }
@@ -33,15 +42,10 @@ def save_model(path: Path, model: TransferNet, cfg: Config, classes: list[str], 
 
 def build_model(ckpt: dict[str, Any]) -> TransferNet:
     """Rebuild the network a checkpoint describes and load its weights (strictly)."""
-    m = ckpt["model"]
-    model = create_model(
-        m["name"],
-        len(ckpt["classes"]),
-        weights="none",
-        in_channels=ckpt["in_channels"],
-        width=m["width"],
-        dropout=m["dropout"],
-    )
+    fields = ModelConfig.__dataclass_fields__
+    m = ModelConfig(**{k: v for k, v in ckpt["model"].items() if k in fields})
+    model = model_from_config(m, len(ckpt["classes"]), ckpt["in_channels"], weights="none")
+    model.input_size = int(ckpt.get("input_size") or 0)
     model.load_state_dict(ckpt["state_dict"])
     return model
 

@@ -1,4 +1,5 @@
-"""What every stage shares: its result type, all-or-nothing output directories, JSON files."""
+"""What every stage shares: its result type, all-or-nothing output directories, JSON files, and the pieces
+the two training stages (pretrain, finetune) have in common: the training-state store and the outputs."""
 
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ class StageResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_file(self) -> dict[str, Any]:
+        """What ``result.json`` holds: everything but the MLflow run id, which differs on every run and would
+        make the file (a DVC output) change when nothing else did. The run id is in ``run.json``."""
+        return {k: v for k, v in asdict(self).items() if k != "run_id"}
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -66,23 +72,52 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
     tmp.rename(out_dir)
 
 
+def state_store(cfg: Config, stage: str):
+    """The store of a training stage's resumable state (``base.state_uri``, keyed by run and stage)."""
+    from transferops.training.state import open_state_store, state_location
+
+    return open_state_store(state_location(cfg.base.state_uri, cfg.base.artifacts_dir, stage))
+
+
 def write_trained_model(
-    stage: str, cfg: Config, model, classes: list[str], fit, metrics: dict[str, Any], lin: dict[str, Any], tracker
+    stage: str,
+    cfg: Config,
+    model,
+    classes: list[str],
+    image_shape: list[int],
+    fit,
+    metrics: dict[str, Any],
+    lin: dict[str, Any],
+    tracker,
 ) -> StageResult:
-    """Outputs of a training stage (pretrain, finetune), all or nothing: checkpoint, metrics, per-epoch
-    history, resolved params and result; then the metrics and checkpoint go to the stage's MLflow run."""
+    """Outputs of a training stage, all or nothing: checkpoint, metrics, per-epoch history, resolved params,
+    result (all deterministic: DVC hashes them) and ``run.json`` (run id, seconds, throughput: they differ on
+    every run, so DVC does not track them). Then the stage's MLflow run gets the selection as
+    ``selected_val_accuracy`` (never into the per-epoch ``val_accuracy`` series) and the bookkeeping as tags."""
     from transferops.models.io import save_model
     from transferops.paths import Paths
 
     final = Paths.from_config(cfg).stage(stage)
     with staged_output(final) as out:
-        save_model(out / "model.pt", model, cfg, classes, lin)
+        save_model(out / "model.pt", model, cfg, classes, image_shape, lin)
         write_json(out / "metrics.json", metrics)
         write_json(out / "history.json", fit.history)
         save_resolved_config(cfg, out)
         result = StageResult(stage, {"model": str(final / "model.pt")}, metrics, tracker.run_id, lin)
-        write_json(out / "result.json", result.to_dict())
-    tracker.log_metrics({k: v for k, v in metrics.items() if k != "best_epoch"})
+        write_json(out / "result.json", result.to_file())
+        run = {
+            "mlflow_run_id": tracker.run_id,
+            "seconds": round(fit.seconds, 2),
+            "resumed_from_step": fit.resumed_from_step,
+            "epochs": fit.timing,
+        }
+        write_json(out / "run.json", run)
+    selected = next((v for k, v in metrics.items() if k.endswith("val_accuracy")), None)
+    tracker.log_metrics({"selected_val_accuracy": selected, "resumed_from_step": fit.resumed_from_step})
+    tracker.set_tags(
+        {f"transferops.{k}": str(v) for k, v in metrics.items() if not k.endswith("val_accuracy")}
+        | {"transferops.seconds": f"{fit.seconds:.1f}"}
+    )
     tracker.log_artifact(final / "model.pt", "checkpoint")
     return result
 

@@ -20,12 +20,12 @@ from transferops.errors import CheckpointError
 from transferops.evaluation import plots
 from transferops.evaluation.metrics import classification_report
 from transferops.lineage import file_sha256, lineage
+from transferops.models.inference import accuracy, predict
 from transferops.models.io import load_model
 from transferops.paths import Paths
 from transferops.stages.common import StageResult, save_resolved_config, staged_output, start_stage, write_json
 from transferops.stages.finetune import from_scratch
 from transferops.tracking import NullTracker
-from transferops.training.loop import accuracy, predict
 from transferops.training.seeding import resolve_device
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
             result = StageResult(
                 "evaluate", {"metrics": str(paths.stage("evaluate") / "metrics.json")}, metrics, tracker.run_id, lin
             )
-            write_json(out / "result.json", result.to_dict())
+            write_json(out / "result.json", result.to_file())
             tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
             tracker.log_metrics({f"class_{c}_accuracy": a for c, a in report["per_class_accuracy"].items()})
             for name in ("confusion_matrix.png", "reliability.png", "metrics.json"):

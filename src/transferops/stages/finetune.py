@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
 from transferops.config import Config, TrainConfig
 from transferops.data.shards import Split, load_split, read_manifest
+from transferops.errors import CheckpointError
 from transferops.lineage import file_sha256, lineage
-from transferops.models import TransferNet, create_model
+from transferops.models import TransferNet, model_from_config
 from transferops.models.io import load_model
 from transferops.paths import Paths
-from transferops.stages.common import StageResult, start_stage, write_trained_model
+from transferops.stages.common import StageResult, start_stage, state_store, write_trained_model
 from transferops.tracking import NullTracker
-from transferops.training.loop import FitResult, train
+from transferops.training.loop import FitResult, load_resume_state, train
 from transferops.training.seeding import resolve_device
 from transferops.transfer import Strategy, TransferContext, get_strategy
 
@@ -45,8 +45,9 @@ def fit_on_target(
     same_classes: bool,
     log_metrics=None,
     desc: str = "finetune",
-    state_path: Path | None = None,
-    restart: bool = False,
+    store=None,
+    saved: dict | None = None,
+    run_id: str | None = None,
 ) -> FitResult:
     """Prepare ``model`` with ``strategy`` and train it on the target data.
 
@@ -62,13 +63,12 @@ def fit_on_target(
     has_labels = manifest["splits"]["labeled"]["count"] > 0
     val = load_split(paths.target_data, "val")
     if not has_labels:
-        val = Split(val.images[:0], val.labels[:0])
+        val = val.head(0)
     module: torch.nn.Module = model
     space = strategy.feature_space(model, data, val, device)
     if space is not None:  # e.g. a linear probe on cached features: no per-step backbone, no augmentation
         module, data, val = space
-        train_cfg = replace(train_cfg, augment=False)
-    config_hash = cfg.section_hash("base", "model", "pretrain", "finetune") + manifest["version"]
+        train_cfg = replace(train_cfg, augment="none")
     return train(
         module,
         strategy,
@@ -77,12 +77,18 @@ def fit_on_target(
         val,
         cfg.base.seed,
         device,
-        state_path,
-        config_hash,
+        store,
+        finetune_hash(cfg, manifest),
         log_metrics,
         desc,
-        restart,
+        resume_from=saved,
+        run_id=run_id,
     )
+
+
+def finetune_hash(cfg: Config, target_manifest: dict) -> str:
+    """Identifies a finetune run: a saved state of another one is refused."""
+    return cfg.section_hash("base", "model", "pretrain", "finetune") + target_manifest["version"]
 
 
 def from_scratch(cfg: Config, log_metrics=None) -> TransferNet | None:
@@ -94,9 +100,7 @@ def from_scratch(cfg: Config, log_metrics=None) -> TransferNet | None:
     manifest = read_manifest(Paths.from_config(cfg).target_data)
     if manifest["splits"]["labeled"]["count"] == 0:
         return None
-    model = create_model(
-        cfg.model.name, len(manifest["classes"]), "none", cfg.ingest.channels, cfg.model.width, cfg.model.dropout
-    )
+    model = model_from_config(cfg.model, len(manifest["classes"]), manifest["image_shape"][0], weights="none")
     budget = replace(cfg.finetune, lr=cfg.pretrain.lr)
     fit_on_target(
         cfg, model, Strategy(label_smoothing=budget.label_smoothing), budget, True, log_metrics, "from_scratch"
@@ -112,6 +116,11 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
     target = read_manifest(paths.target_data)
     model, source_ckpt = load_model(paths.source_model)
     same = source_ckpt["classes"] == target["classes"]
+    if [source_ckpt["in_channels"], source_ckpt["image_size"]] != target["image_shape"][:2]:
+        raise CheckpointError(
+            f"{paths.source_model}: trained on {source_ckpt['in_channels']}x{source_ckpt['image_size']}px images, "
+            f"the target is {target['image_shape'][0]}x{target['image_shape'][1]}px; re-run pretrain after ingest"
+        )
     strategy = get_strategy(cfg.finetune.method, cfg.finetune.method_config, cfg.finetune.label_smoothing)
     labels_per_class = target["splits"]["labeled"]["count"] // max(1, len(target["classes"]))
     lin = lineage(
@@ -129,19 +138,23 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
         len(target["classes"]),
         "same" if same else "different",
     )
-    with tracker.stage_run("finetune", cfg, {"transferops.method": strategy.name}):
+    store = state_store(cfg, "finetune")
+    saved = load_resume_state(store, finetune_hash(cfg, target), restart)
+    tags = {"transferops.method": strategy.name}
+    with tracker.stage_run("finetune", cfg, tags, resume_run_id=saved and saved.get("tracking_run_id")):
         fit = fit_on_target(
-            cfg, model, strategy, cfg.finetune, same, tracker.log_metrics, "finetune", paths.state("finetune"), restart
+            cfg, model, strategy, cfg.finetune, same, tracker.log_metrics, "finetune", store, saved, tracker.run_id
         )
         metrics = {
             "val_accuracy": fit.selected_val_accuracy(cfg.finetune.select_best),
             "labels_per_class": labels_per_class,
             "best_epoch": fit.best_epoch,
             "steps": fit.steps,
-            "seconds": round(fit.seconds, 2),
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
-        result = write_trained_model("finetune", cfg, model, target["classes"], fit, metrics, lin, tracker)
+        result = write_trained_model(
+            "finetune", cfg, model, target["classes"], target["image_shape"], fit, metrics, lin, tracker
+        )
     val = metrics["val_accuracy"]
     log.info(
         "finetune done in %.1fs: %s",

@@ -1,7 +1,8 @@
 """Stage 2, pretrain: train the model on the labelled source domain.
 
-Outputs (``artifacts/pretrain``): ``model.pt`` (state dict + resolved config + class names + source dataset
-version), ``metrics.json``, ``history.json`` (per-epoch metrics for ``dvc plots``) and ``result.json``.
+Outputs (``artifacts/pretrain``): ``model.pt`` (state dict + resolved config + class names + image geometry +
+source dataset version), ``metrics.json``, ``history.json`` (per-epoch metrics for ``dvc plots``),
+``result.json`` and ``run.json`` (MLflow run, seconds, throughput).
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import logging
 from transferops.config import Config
 from transferops.data.shards import load_split, read_manifest
 from transferops.lineage import lineage
-from transferops.models import create_model
+from transferops.models import model_from_config
 from transferops.paths import Paths
-from transferops.stages.common import StageResult, start_stage, write_trained_model
+from transferops.stages.common import StageResult, start_stage, state_store, write_trained_model
 from transferops.tracking import NullTracker
-from transferops.training.loop import train
+from transferops.training.loop import load_resume_state, train
 from transferops.training.seeding import resolve_device
 from transferops.transfer import Strategy
 
@@ -30,21 +31,17 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
     manifest = read_manifest(paths.source_data)
     labeled, val = load_split(paths.source_data, "labeled"), load_split(paths.source_data, "val")
     device = resolve_device(cfg.base.device)
-    model = create_model(
-        cfg.model.name,
-        len(manifest["classes"]),
-        cfg.model.weights,
-        cfg.ingest.channels,
-        cfg.model.width,
-        cfg.model.dropout,
-    )
+    model = model_from_config(cfg.model, len(manifest["classes"]), manifest["image_shape"][0])
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "pretrain: %s (%s params) on %d source images, device %s", cfg.model.name, f"{n_params:,}", len(labeled), device
     )
     lin = lineage(cfg, source_version=manifest["version"])
     config_hash = cfg.section_hash("base", "model", "pretrain") + manifest["version"]
-    with tracker.stage_run("pretrain", cfg, {"transferops.source_version": manifest["version"]}):
+    store = state_store(cfg, "pretrain")
+    saved = load_resume_state(store, config_hash, restart)
+    tags = {"transferops.source_version": manifest["version"]}
+    with tracker.stage_run("pretrain", cfg, tags, resume_run_id=saved and saved.get("tracking_run_id")):
         fit = train(
             model,
             Strategy(label_smoothing=cfg.pretrain.label_smoothing),
@@ -53,19 +50,21 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
             val,
             cfg.base.seed,
             device,
-            paths.state("pretrain"),
+            store,
             config_hash,
             tracker.log_metrics,
             "pretrain",
-            restart,
+            resume_from=saved,
+            run_id=tracker.run_id,
         )
         metrics = {
             "source_val_accuracy": fit.selected_val_accuracy(cfg.pretrain.select_best),
             "best_epoch": fit.best_epoch,
             "steps": fit.steps,
-            "seconds": round(fit.seconds, 2),
             "parameters": n_params,
         }
-        result = write_trained_model("pretrain", cfg, model, manifest["classes"], fit, metrics, lin, tracker)
+        result = write_trained_model(
+            "pretrain", cfg, model, manifest["classes"], manifest["image_shape"], fit, metrics, lin, tracker
+        )
     log.info("pretrain done in %.1fs: source val accuracy %s", fit.seconds, metrics["source_val_accuracy"])
     return result

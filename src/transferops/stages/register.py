@@ -266,7 +266,7 @@ def write_outputs(
             tracker.run_id,
             lin,
         )
-        write_json(out / "result.json", result.to_dict())
+        write_json(out / "result.json", result.to_file())
     return result
 
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,9 @@ class NullTracker:
     parent_run_id: str | None = None
 
     @contextlib.contextmanager
-    def stage_run(self, stage: str, cfg: Config, tags: dict[str, str] | None = None) -> Iterator[NullTracker]:
+    def stage_run(
+        self, stage: str, cfg: Config, tags: dict[str, str] | None = None, resume_run_id: str | None = None
+    ) -> Iterator[NullTracker]:
         yield self
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -67,6 +70,9 @@ class NullTracker:
         pass
 
     def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def log_datasets(self, manifests: dict[str, dict[str, Any]], root: Path | None = None) -> None:
         pass
 
 
@@ -111,7 +117,12 @@ class MlflowTracker(NullTracker):
     def start_pipeline_run(self, name: str, cfg: Config) -> str:
         """Create the parent run of one pipeline execution; returns its id (left open)."""
         client = self.mlflow.MlflowClient()
-        run = client.create_run(self.experiment_id, run_name=name, tags={"transferops.kind": "pipeline"})
+        tags = {
+            "transferops.kind": "pipeline",
+            "transferops.host": socket.gethostname(),
+            "transferops.pid": str(os.getpid()),
+        }
+        run = client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.parent_run_id = run.info.run_id
         for key, value in flatten(cfg.to_dict()).items():
             client.log_param(self.parent_run_id, key, value)
@@ -122,19 +133,66 @@ class MlflowTracker(NullTracker):
             self.mlflow.MlflowClient().set_terminated(self.parent_run_id, status)
 
     @contextlib.contextmanager
-    def stage_run(self, stage: str, cfg: Config, tags: dict[str, str] | None = None) -> Iterator[MlflowTracker]:
-        """A run for one stage, nested under the pipeline's parent run when there is one."""
-        all_tags = {"transferops.stage": stage, **(tags or {})}
-        if self.parent_run_id:
+    def stage_run(
+        self, stage: str, cfg: Config, tags: dict[str, str] | None = None, resume_run_id: str | None = None
+    ) -> Iterator[MlflowTracker]:
+        """A run for one stage, nested under the pipeline's parent run when there is one.
+
+        ``resume_run_id`` (the run a saved training state names) continues that run instead of opening a new
+        one, so a training killed and resumed is one run in the UI. Runs of this stage left RUNNING by a
+        process of this machine that no longer exists are marked KILLED first.
+        """
+        self._reap_dead_runs(stage, keep=resume_run_id)
+        resumed = resume_run_id is not None and self._run_exists(resume_run_id)
+        all_tags = {
+            "transferops.stage": stage,
+            "transferops.host": socket.gethostname(),
+            "transferops.pid": str(os.getpid()),
+            **(tags or {}),
+        }
+        if self.parent_run_id and not resumed:
             all_tags["mlflow.parentRunId"] = self.parent_run_id
-        with self.mlflow.start_run(experiment_id=self.experiment_id, run_name=stage, tags=all_tags) as run:
+        if resumed:
+            run = self.mlflow.start_run(run_id=resume_run_id)
+            self.mlflow.set_tags(all_tags)
+            log.info("%s: continuing MLflow run %s of the interrupted training", stage, resume_run_id)
+        else:
+            run = self.mlflow.start_run(experiment_id=self.experiment_id, run_name=stage, tags=all_tags)
+        with run:
             self.run_id = run.info.run_id
-            self.mlflow.log_params(flatten(cfg.to_dict()))
-            self.mlflow.log_text(dump_config(cfg), "config/params.resolved.yaml")
+            if not resumed:
+                self.mlflow.log_params(flatten(cfg.to_dict()))
+                self.mlflow.log_text(dump_config(cfg), "config/params.resolved.yaml")
             try:
                 yield self
             finally:
                 self.run_id = None
+
+    def _run_exists(self, run_id: str) -> bool:
+        try:
+            self.mlflow.MlflowClient().get_run(run_id)
+            return True
+        except self.mlflow.exceptions.MlflowException:
+            log.warning("MLflow run %s of the saved training state is gone: opening a new run", run_id)
+            return False
+
+    def _reap_dead_runs(self, stage: str, keep: str | None = None) -> None:
+        """Mark KILLED the runs still RUNNING whose process (on this machine) is gone: a stage or pipeline
+        killed with SIGKILL never ends its run itself."""
+        client = self.mlflow.MlflowClient()
+        host = socket.gethostname()
+        query = f"attributes.status = 'RUNNING' and tags.`transferops.host` = '{host}'"
+        try:
+            runs = client.search_runs([self.experiment_id], query, max_results=100)
+        except self.mlflow.exceptions.MlflowException:
+            return
+        for run in runs:
+            pid = run.data.tags.get("transferops.pid", "")
+            if run.info.run_id == keep or not pid.isdigit() or _alive(int(pid)):
+                continue
+            client.set_terminated(run.info.run_id, "KILLED")
+            name = run.data.tags.get("mlflow.runName", run.info.run_id)
+            log.info("MLflow run %s (%s) was left RUNNING by a process that died: marked KILLED", run.info.run_id, name)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and v == v}
@@ -149,6 +207,40 @@ class MlflowTracker(NullTracker):
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.mlflow.set_tags(tags)
+
+    def log_datasets(self, manifests: dict[str, dict[str, Any]], root: Path | None = None) -> None:
+        """Record each ingested dataset (name, kind, version as digest) as an MLflow dataset input of this run
+        and of the pipeline's parent run: what fills the Dataset column of the runs table."""
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for domain, manifest in manifests.items():
+            spec = manifest.get("spec", {})
+            where = spec.get("path") or str((root or Path("artifacts/ingest")) / domain)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                source = resolve_dataset_source(where if "://" in where else str(Path(where).resolve()))
+            name = f"{domain}-{spec.get('kind', 'data')}"
+            dataset = MetaDataset(source, name=name, digest=manifest["version"])
+            self.mlflow.log_input(dataset, context=domain)
+            tag = InputTag(key="mlflow.data.context", value=domain)
+            inputs.append(DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[tag]))
+        if self.parent_run_id:
+            self.mlflow.MlflowClient().log_inputs(self.parent_run_id, datasets=inputs)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,10 +1,17 @@
-"""The training loop every stage shares: ``fit`` -> ``train_one_epoch`` -> ``evaluate``.
+"""The training loop every stage shares: ``fit`` -> ``train_one_epoch`` -> validate.
 
 What is method-specific lives in the :class:`~transferops.transfer.Strategy`; what is run-specific (budget,
-optimiser, schedule) in :class:`~transferops.config.TrainConfig`. The loop adds what a production run needs:
-a progress bar, one log line per epoch, metrics to the tracker, best-validation selection, early stopping,
-a NaN guard, and a full training-state checkpoint (model, optimiser, scheduler, RNG states, step, best so
-far) at every epoch end and every ``checkpoint_every_steps`` steps, so a preempted run resumes exactly.
+optimiser, schedule, precision) in :class:`~transferops.config.TrainConfig`. The loop adds what a production
+run needs: batches prefetched in a background thread and copied asynchronously, autocast (bf16/fp16 with a
+gradient scaler), channels-last and ``torch.compile`` on request, losses accumulated on the device and read
+every ``log_every_steps`` (one host-device sync per window, not per step), a progress bar, one log line and
+the throughput per epoch, best-validation selection, early stopping, a NaN guard, and a full training-state
+checkpoint (model, optimiser, scheduler, scaler, RNG states, step, best so far, elapsed time, the MLflow run)
+at every epoch end and every ``checkpoint_every_steps`` steps, in a :class:`~transferops.training.state.
+StateStore`, so a preempted run resumes exactly, in the same MLflow run.
+
+On CPU in fp32 the loop is bit-identical to a plain loop: same seed, same metrics; resume after a kill gives
+the same weights.
 """
 
 from __future__ import annotations
@@ -16,21 +23,20 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from transferops.config import TrainConfig
-from transferops.data.batches import BatchStream, augment, iterate
+from transferops.data.augment import train_transform
+from transferops.data.batches import BatchStream, Prefetcher, to_float
 from transferops.data.shards import Split
 from transferops.errors import CheckpointError, TrainingError
-from transferops.models import TransferNet
-from transferops.training.checkpoint import load_checkpoint, save_checkpoint
+from transferops.models.inference import accuracy, autocast
 from transferops.training.seeding import rng_state, set_rng_state
+from transferops.training.state import StateStore
 
 if TYPE_CHECKING:
     from transferops.transfer import Strategy
@@ -69,50 +75,42 @@ def build_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]], total_steps:
     return opt, sched
 
 
-@torch.no_grad()
-def predict(model: nn.Module, split: Split, batch_size: int = 512, device: torch.device | str = "cpu") -> np.ndarray:
-    """Class probabilities (N, K) of ``model`` on a split, in order."""
-    was_training = model.training
-    model.eval()
-    probs = [torch.softmax(model(x.to(device)), dim=1).cpu() for x, _ in iterate(split, batch_size)]
-    model.train(was_training)
-    if not probs:
-        return np.empty((0, 0), dtype=np.float32)
-    return torch.cat(probs).numpy()
-
-
-@torch.no_grad()
-def predict_features(model: TransferNet, split: Split, batch_size: int = 512, device: torch.device | str = "cpu"):
-    """Backbone features (N, D) of a split as a float32 numpy array, in eval mode (what a linear probe caches)."""
-    was_training = model.training
-    model.eval()
-    feats = [model.features(x.to(device)).cpu() for x, _ in iterate(split, batch_size)]
-    model.train(was_training)
-    return torch.cat(feats).numpy() if feats else np.empty((0, model.feature_dim), dtype=np.float32)
-
-
-def accuracy(model: nn.Module, split: Split, device: torch.device | str = "cpu") -> float:
-    """Top-1 accuracy on a split (nan when the split is empty)."""
-    if len(split) == 0:
-        return float("nan")
-    return float((predict(model, split, device=device).argmax(1) == split.labels).mean())
-
-
 @dataclass
 class FitResult:
     """What a finished ``fit`` reports."""
 
     history: list[dict[str, float]] = field(default_factory=list)
+    """Per epoch, deterministic values only (losses, val accuracy, lr): what DVC plots and compares."""
+    timing: list[dict[str, float]] = field(default_factory=list)
+    """Per epoch: seconds, throughput_img_s, gpu_memory_peak_gb (they vary run to run: MLflow only)."""
     best_epoch: int = -1
     best_val_accuracy: float = float("nan")
     steps: int = 0
     seconds: float = 0.0
+    """Training time of the whole run, across resumes."""
     resumed_from_step: int = 0
 
     def selected_val_accuracy(self, select_best: bool) -> float | None:
         """Val accuracy of the weights kept (best epoch or last); None when no val split was read."""
         acc = self.best_val_accuracy if select_best else self.history[-1]["val_accuracy"]
         return None if math.isnan(acc) else acc
+
+
+def load_resume_state(store: StateStore | None, config_hash: str, restart: bool) -> dict[str, Any] | None:
+    """The saved state a run resumes from, if any; a state of another config is refused (or discarded with
+    ``restart``). Read before the run starts so the stage can continue the MLflow run the state names."""
+    if store is None:
+        return None
+    if restart:
+        store.delete()
+        return None
+    state = store.load()
+    if state is not None and state.get("config_hash") != config_hash:
+        raise CheckpointError(
+            f"{store.location}: training state belongs to another config (hash {state.get('config_hash')} != "
+            f"{config_hash}); delete it or pass --restart"
+        )
+    return state
 
 
 class Trainer:
@@ -124,9 +122,10 @@ class Trainer:
     Args:
         streams: the batch streams the strategy asks for (``strategy.streams``).
         val: split for model selection (may be empty: the last epoch is kept).
-        state_path: where the resumable training state lives; ``None`` disables checkpointing.
+        store: where the resumable training state lives; ``None`` disables checkpointing.
         config_hash: identifies the config; a state saved under another hash is refused.
         log_metrics: callback(metrics, step) (the MLflow tracker, or nothing).
+        run_id: the MLflow run of this training, saved with the state so a resume continues it.
     """
 
     def __init__(
@@ -138,10 +137,11 @@ class Trainer:
         val: Split,
         device: torch.device,
         seed: int,
-        state_path: Path | None = None,
+        store: StateStore | None = None,
         config_hash: str = "",
         log_metrics: Callable[[dict[str, float], int], None] | None = None,
         desc: str = "train",
+        run_id: str | None = None,
     ) -> None:
         missing = [s for s in strategy.streams if s not in streams]
         if missing:
@@ -149,18 +149,26 @@ class Trainer:
         self.active = list(strategy.streams) + [s for s in strategy.optional_streams if s in streams]
         self.model, self.strategy, self.cfg = model.to(device), strategy, cfg
         self.extra = strategy.modules().to(device)
+        if cfg.channels_last and device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        if cfg.compile and hasattr(self.model, "backbone"):
+            self.model.backbone.compile()  # in place: state-dict keys stay the same
         self.streams, self.val, self.device, self.seed = streams, val, device, seed
-        self.state_path, self.config_hash = state_path, config_hash
+        self.store, self.config_hash, self.run_id = store, config_hash, run_id
         self.log_metrics = log_metrics or (lambda metrics, step: None)
         self.desc = desc
         self.steps_per_epoch = cfg.steps_per_epoch or streams[strategy.streams[0]].steps_per_pass
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.optimizer, self.scheduler = build_optimizer(cfg, strategy.param_groups(model, cfg.lr), self.total_steps)
+        fp16 = cfg.precision == "fp16" and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.input_size = getattr(model, "input_size", 0)
         self.step = 0
         self.result = FitResult()
         self.best_state: dict[str, torch.Tensor] | None = None
         self.bad_epochs = 0
         self.running: dict[str, float] = {}
+        self.sync_every = 1 if device.type == "cpu" else cfg.log_every_steps
 
     # ---------------------------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:
@@ -171,33 +179,33 @@ class Trainer:
             "extra": self.extra.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "best_state": self.best_state,
             "best_epoch": self.result.best_epoch,
             "best_val_accuracy": self.result.best_val_accuracy,
             "bad_epochs": self.bad_epochs,
             "history": self.result.history,
+            "timing": self.result.timing,
             "running": self.running,
+            "seconds": self.result.seconds + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0),
+            "tracking_run_id": self.run_id,
         }
 
     def save_state(self) -> None:
-        if self.state_path is not None:
-            save_checkpoint(self.state_path, self._state())
+        if self.store is not None:
+            self.store.save(self._state())
 
-    def try_resume(self) -> bool:
-        """Resume from ``state_path`` when it holds a state of the same config; refuse another config's."""
-        if self.state_path is None or not self.state_path.is_file():
+    def resume(self, state: dict[str, Any] | None) -> bool:
+        """Continue from a state :func:`load_resume_state` returned (None: start afresh)."""
+        if state is None:
             return False
-        state = load_checkpoint(self.state_path)
-        if state.get("config_hash") != self.config_hash:
-            raise CheckpointError(
-                f"{self.state_path}: training state belongs to another config (hash {state.get('config_hash')} != "
-                f"{self.config_hash}); delete it or pass --restart"
-            )
         self.model.load_state_dict(state["model"])
         self.extra.load_state_dict(state["extra"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.step = state["step"]
         self.best_state = state["best_state"]
@@ -205,70 +213,123 @@ class Trainer:
         self.result.best_val_accuracy = state["best_val_accuracy"]
         self.bad_epochs = state["bad_epochs"]
         self.result.history = state["history"]
+        self.result.timing = state.get("timing", [])
         self.running = state["running"]
+        self.result.seconds = float(state.get("seconds", 0.0))
         self.result.resumed_from_step = self.step
-        log.info("%s: resumed from %s at step %d/%d", self.desc, self.state_path, self.step, self.total_steps)
+        where = self.store.location if self.store is not None else "state"
+        log.info("%s: resumed from %s at step %d/%d", self.desc, where, self.step, self.total_steps)
         return True
 
     # ---------------------------------------------------------------------------------- loop
-    def _batches(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def _fetch(self, step: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {name: self.streams[name].batch(step) for name in self.active}
+
+    def _to_device(self, raw: dict[str, tuple[torch.Tensor, torch.Tensor]]):
         out = {}
         for i, name in enumerate(self.active):
-            x, y = self.streams[name].batch(self.step)
-            x = x.to(self.device, non_blocking=True)
-            if self.cfg.augment:
-                x = augment(x, self.seed + i, self.step)
+            x, y = raw[name]
+            x = to_float(x.to(self.device, non_blocking=True))
+            if x.ndim == 4:
+                x = train_transform(x, self.cfg.augment, self.seed + i, self.step, self.input_size)
+                if self.cfg.channels_last and self.device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
             out[name] = (x, y.to(self.device, non_blocking=True))
         return out
+
+    def _diverged(self, loss: torch.Tensor, since: int) -> TrainingError:
+        where = f"; last good state kept at {self.store.location}" if self.store is not None else ""
+        steps = f"step {self.step}" if since == self.step else f"steps {since}-{self.step}"
+        return TrainingError(f"{self.desc}: loss is {float(loss)} at {steps} (diverged){where}")
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         self.strategy.on_epoch_start(self.model, epoch)
         self.strategy.train_mode(self.model)
         start = self.step - epoch * self.steps_per_epoch
+        first_step = self.step
         bar = tqdm(
             range(start, self.steps_per_epoch),
             desc=f"{self.desc} epoch {epoch + 1}/{self.cfg.epochs}",
             disable=not sys.stderr.isatty(),
             leave=False,
         )
-        for _ in bar:
-            loss, parts = self.strategy.loss(self.model, self._batches(), self.step / self.total_steps)
-            if not torch.isfinite(loss):
-                where = f"; last good state kept at {self.state_path}" if self.state_path else ""
-                raise TrainingError(f"{self.desc}: loss is {loss.item()} at step {self.step} (diverged){where}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
-            for k, v in {"loss": loss.item(), **parts}.items():
-                self.running[k] = self.running.get(k, 0.0) + v
-            self.running["n"] = self.running.get("n", 0.0) + 1
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            every = self.cfg.checkpoint_every_steps
-            if every and self.step % every == 0 and self.step % self.steps_per_epoch:
-                self.save_state()
+        sums: dict[str, torch.Tensor] = {}
+        window_start = self.step
+        images = 0
+        pin = self.device.type == "cuda"
+        with Prefetcher(self._fetch, self.step, first_step + len(bar), self.cfg.prefetch, pin) as prefetch:
+            for _ in bar:
+                batches = self._to_device(prefetch.get(self.step))
+                images += sum(len(y) for _, y in batches.values())
+                with autocast(self.device, self.cfg.precision):
+                    loss, parts = self.strategy.loss(self.model, batches, self.step / self.total_steps)
+                if self.sync_every == 1 and not torch.isfinite(loss):
+                    raise self._diverged(loss, self.step)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                self.step += 1
+                for k, v in {"loss": loss, **parts}.items():
+                    v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+                    sums[k] = sums[k] + v if k in sums else v.clone()
+                if self.step % self.sync_every == 0 or self.step - first_step == len(bar):
+                    self._flush(sums, window_start, bar)
+                    sums, window_start = {}, self.step
+                every = self.cfg.checkpoint_every_steps
+                if every and self.step % every == 0 and self.step % self.steps_per_epoch:
+                    self.save_state()
         n = max(1.0, self.running.pop("n", 1.0))
         metrics = {f"train_{k}": v / n for k, v in self.running.items()}
         self.running = {}
+        self._epoch_images = images
         return metrics
 
+    def _flush(self, sums: dict[str, torch.Tensor], window_start: int, bar) -> None:
+        """Read the window's summed loss terms from the device (one sync) into the running means."""
+        if not sums:
+            return
+        values = {k: float(v) for k, v in sums.items()}
+        if not math.isfinite(values["loss"]):
+            raise self._diverged(sums["loss"], window_start)
+        steps = self.step - window_start
+        for k, v in values.items():
+            self.running[k] = self.running.get(k, 0.0) + v
+        self.running["n"] = self.running.get("n", 0.0) + steps
+        bar.set_postfix(loss=f"{values['loss'] / max(1, steps):.3f}")
+
     def fit(self) -> FitResult:
-        """Train for the configured budget (resuming when a matching state exists) and keep the best weights."""
-        t0 = time.perf_counter()
+        """Train for the configured budget (continuing a resumed state) and keep the best weights."""
+        self._t0 = time.perf_counter()
         first_epoch = self.step // self.steps_per_epoch
         for epoch in range(first_epoch, self.cfg.epochs):
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            t_epoch = time.perf_counter()
             metrics = self.train_one_epoch(epoch)
-            metrics["val_accuracy"] = accuracy(self.model, self.val, self.device)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            train_seconds = time.perf_counter() - t_epoch
+            metrics["val_accuracy"] = accuracy(self.model, self.val, self.device, self.cfg.precision)
             metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+            timing = {
+                "epoch": epoch + 1,
+                "seconds": train_seconds,
+                "throughput_img_s": self._epoch_images / train_seconds,
+            }
+            if self.device.type == "cuda":
+                timing["gpu_memory_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
             self.result.history.append({"epoch": epoch + 1, **metrics})
-            self.log_metrics(metrics, epoch + 1)
+            self.result.timing.append(timing)
+            self.log_metrics({**metrics, **{k: v for k, v in timing.items() if k != "epoch"}}, epoch + 1)
             log.info(
-                "%s epoch %d/%d  %s",
+                "%s epoch %d/%d  %s  (%.0f img/s)",
                 self.desc,
                 epoch + 1,
                 self.cfg.epochs,
                 "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
+                timing["throughput_img_s"],
             )
             stop = self._select(epoch, metrics["val_accuracy"])
             self.save_state()
@@ -283,7 +344,7 @@ class Trainer:
         if self.cfg.select_best and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         self.result.steps = self.step
-        self.result.seconds = time.perf_counter() - t0
+        self.result.seconds += time.perf_counter() - self._t0
         return self.result
 
     def _select(self, epoch: int, val_acc: float) -> bool:
@@ -308,27 +369,27 @@ def train(
     val: Split,
     seed: int,
     device: torch.device,
-    state_path: Path | None = None,
+    store: StateStore | None = None,
     config_hash: str = "",
     log_metrics: Callable[[dict[str, float], int], None] | None = None,
     desc: str = "train",
-    restart: bool = False,
+    resume_from: dict[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> FitResult:
-    """Build batch streams for the splits the strategy needs, then resume-or-start and fit.
+    """Build batch streams for the splits the strategy needs, resume (from ``resume_from``, a state
+    :func:`load_resume_state` returned) or start, and fit; the state is deleted once training finished.
 
     ``data`` maps stream names (``labeled``, ``source``, ``unlabeled``) to splits; empty splits are left out
-    so a method that needs one fails with a message naming it. ``restart`` discards a saved state.
+    so a method that needs one fails with a message naming it.
     """
     streams = {
         name: BatchStream(split, cfg.batch_size, seed, stream=i)
         for i, (name, split) in enumerate(data.items())
         if len(split) > 0
     }
-    trainer = Trainer(model, strategy, cfg, streams, val, device, seed, state_path, config_hash, log_metrics, desc)
-    if restart and state_path is not None:
-        state_path.unlink(missing_ok=True)
-    trainer.try_resume()
+    trainer = Trainer(model, strategy, cfg, streams, val, device, seed, store, config_hash, log_metrics, desc, run_id)
+    trainer.resume(resume_from)
     result = trainer.fit()
-    if state_path is not None:  # finished: the next run starts afresh
-        state_path.unlink(missing_ok=True)
+    if store is not None:  # finished: the next run starts afresh
+        store.delete()
     return result

@@ -11,13 +11,18 @@ import torch
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed python, numpy and torch (CPU and CUDA); optionally require deterministic kernels."""
+    """Seed python, numpy and torch (CPU and CUDA), and choose between exact and fast kernels.
+
+    Deterministic: deterministic algorithms, no cuDNN autotuning, exact fp32 matmuls. Otherwise cuDNN picks
+    the fastest kernels for the shapes it sees (``cudnn.benchmark``) and fp32 matmuls may use TF32.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cuda.matmul.allow_tf32 = not deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic
 
 
 def rng_state() -> dict[str, Any]:

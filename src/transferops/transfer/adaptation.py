@@ -49,11 +49,11 @@ class Adaptation(Strategy):
         ce = self.ce(logits[:ns], ys)
         term, logs = self.align(feats[:ns], feats[ns : ns + nt], logits[:ns], logits[ns : ns + nt], progress)
         loss = ce + self.cfg.trade_off * term
-        logs = {"ce_source": ce.item(), **logs}
+        logs = {"ce_source": ce.detach(), **logs}
         if "labeled" in batches:
             ce_t = self.ce(logits[ns + nt :], batches["labeled"][1])
             loss = loss + self.cfg.target_weight * ce_t
-            logs["ce_target"] = ce_t.item()
+            logs["ce_target"] = ce_t.detach()
         return loss, logs
 
 
@@ -79,8 +79,8 @@ class DANN(Adaptation):
         d = self.extra["discriminator"](grad_reverse(torch.cat([fs, ft]), coeff)).squeeze(1)
         domain = torch.cat([torch.ones(len(fs)), torch.zeros(len(ft))]).to(d.device)
         loss = F.binary_cross_entropy_with_logits(d, domain)
-        acc = ((d > 0).float() == domain).float().mean().item()
-        return loss, {"domain_loss": loss.item(), "domain_acc": acc, "grl_coeff": coeff}
+        acc = ((d > 0).float() == domain).float().mean().detach()
+        return loss, {"domain_loss": loss.detach(), "domain_acc": acc, "grl_coeff": coeff}
 
 
 @register("mmd")
@@ -91,7 +91,7 @@ class MMD(Adaptation):
 
     def align(self, fs, ft, ls, lt, progress):
         m = mk_mmd(fs, ft, self.cfg.kernel_multipliers)
-        return m, {"mmd": m.item()}
+        return m, {"mmd": m.detach()}
 
 
 @register("coral")
@@ -102,7 +102,7 @@ class Coral(Adaptation):
 
     def align(self, fs, ft, ls, lt, progress):
         c = coral(fs, ft)
-        return c, {"coral": c.item()}
+        return c, {"coral": c.detach()}
 
 
 @register("mcc")
@@ -113,4 +113,4 @@ class MCC(Adaptation):
 
     def align(self, fs, ft, ls, lt, progress):
         m = mcc_loss(lt, self.cfg.temperature)
-        return m, {"mcc": m.item()}
+        return m, {"mcc": m.detach()}

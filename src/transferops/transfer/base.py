@@ -88,11 +88,12 @@ class Strategy:
     # -- 3. the loss
     def loss(
         self, model: TransferNet, batches: dict[str, Batch], progress: float
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss for one step; ``progress`` runs from 0 to 1 over the whole run (for schedules)."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss for one step and its logged parts (detached tensors: the loop reads them from the device once
+        per logging window, not every step); ``progress`` runs from 0 to 1 over the whole run."""
         x, y = batches["labeled"]
         ce = self.ce(model(x), y)
-        return ce, {"ce": ce.item()}
+        return ce, {"ce": ce.detach()}
 
     def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)

@@ -52,7 +52,7 @@ class KnowledgeDistillation(Strategy):
             teacher = self.teacher(torch.cat(xs))
         ce = self.ce(logits[: len(y)], y)
         kd = kd_loss(logits, teacher, self.cfg.temperature)
-        return ce + self.cfg.alpha * kd, {"ce": ce.item(), "kd": kd.item()}
+        return ce + self.cfg.alpha * kd, {"ce": ce.detach(), "kd": kd.detach()}
 
 
 @register("joint")
@@ -77,4 +77,4 @@ class Joint(Strategy):
         lt = self.ce(model.head(feats[: len(yt)]), yt)
         ls = self.ce(head_s(feats[len(yt) :]), ys)
         a = self.cfg.alpha
-        return a * ls + (1 - a) * lt, {"ce_target": lt.item(), "ce_source": ls.item()}
+        return a * ls + (1 - a) * lt, {"ce_target": lt.detach(), "ce_source": ls.detach()}

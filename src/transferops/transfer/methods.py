@@ -10,7 +10,7 @@ from torch import nn
 from transferops.config import FinetuneMethodConfig, L2SPConfig, LinearProbeConfig
 from transferops.data.shards import Split
 from transferops.models import TransferNet
-from transferops.training.loop import predict_features
+from transferops.models.inference import predict_features
 from transferops.transfer.base import Batch, Strategy, TransferContext, register
 
 
@@ -143,4 +143,4 @@ class L2SP(Strategy):
         x, y = batches["labeled"]
         ce = self.ce(model(x), y)
         sp, new = self.penalty()
-        return ce + sp + new, {"ce": ce.item(), "l2sp": sp.item(), "l2_new": float(new)}
+        return ce + sp + new, {"ce": ce.detach(), "l2sp": sp.detach(), "l2_new": torch.as_tensor(new).detach()}
