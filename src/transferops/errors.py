@@ -23,3 +23,7 @@ class TrainingError(TransferopsError):
 
 class TrackingError(TransferopsError):
     """The MLflow server or registry is unreachable or refused a request."""
+
+
+class ExportError(TransferopsError):
+    """A model cannot be exported (e.g. to ONNX); the message names the file and the failing step."""
