@@ -231,7 +231,7 @@ def collect_images(inputs: Sequence[str], workdir: Path) -> list[tuple[str, Path
     """(name printed in the CSV, local file) for every image the inputs hold, in order.
 
     Archives are extracted and s3:// prefixes downloaded under ``workdir``; files named on the command line are
-    kept whatever their suffix, so that a non-image fails loudly instead of being skipped.
+    refused unless their suffix is an image's, where a folder's other files are skipped.
     """
     found: list[tuple[str, Path]] = []
     for i, item in enumerate(inputs):
@@ -252,6 +252,8 @@ def collect_images(inputs: Sequence[str], workdir: Path) -> list[tuple[str, Path
             archive.safe_extract(path, dest)
             found += _folder(dest, item)
         elif path.is_file():
+            if path.suffix.lower() not in IMAGE_SUFFIXES:  # before the model loads, with read_image_file's words
+                raise DataError(f"{item}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)})")
             found.append((item, path))
         else:
             raise DataError(f"{item}: no such file or folder")
@@ -271,8 +273,6 @@ def predict_rows(
     """(file, class, confidence, second class, its confidence) per image, reading one batch at a time."""
     from tqdm.auto import tqdm
 
-    if batch_size < 1:
-        raise DataError(f"--batch-size {batch_size}: expected a positive integer")
     names = clf.classes
     with tqdm(total=len(images), unit="img", desc="predict", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(images), batch_size):

@@ -21,11 +21,13 @@ PyTorch model; the registered version points to it with the tag ``transferops.on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,22 +71,21 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        program = torch.onnx.export(
-            model,
-            (example.to(device),),
-            dynamo=True,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            optimize=True,
-            verbose=False,
-        )
+        with _quiet("onnx_ir", "onnxscript", "torch.onnx"):  # INFO lines per optimisation pass otherwise
+            program = torch.onnx.export(
+                model,
+                (example.to(device),),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                optimize=True,
+                verbose=False,
+            )
         proto = program.model_proto
-    except Exception as exc:  # torch.export and onnxscript raise many types; the first line says what failed
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise ExportError(f"{path}: ONNX export of {_arch(model)} failed ({first[:300]})") from None
+    except Exception as exc:  # torch.export and onnxscript raise many types, wrapped in torch.onnx's own
+        raise ExportError(f"{path}: ONNX export of {_arch(model)} failed ({_root_cause(exc)[:300]})") from None
     finally:
         model.train(was_training)
     if classes is not None:
@@ -215,12 +216,34 @@ def log_onnx(
     return result
 
 
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Raise the given loggers to WARNING for the duration."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _as_float(images: np.ndarray) -> np.ndarray:
     """float32 images in [0, 1]; uint8 ones are scaled by 1/255."""
     images = np.asarray(images)
     if images.dtype == np.uint8:
         return images.astype(np.float32) / np.float32(255.0)
     return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost exception (torch.onnx wraps the real error in a generic one)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _arch(model: TransferNet) -> str:
