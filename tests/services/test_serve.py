@@ -78,6 +78,26 @@ def test_onnx_export_is_found_from_the_alias(registry):
     assert exported.model_uri.startswith("models:/m-")
 
 
+def test_unknown_models_and_missing_exports_fail_with_one_line_naming_them(registry):
+    import mlflow
+
+    from transferops.errors import TrackingError
+    from transferops.predict import ONNX_URI_TAG, find_onnx, load_classifier
+
+    for runtime in ("torch", "onnx"):
+        with pytest.raises(TrackingError, match=r"^models:/no-such-model@champion: ") as err:
+            load_classifier("models:/no-such-model@champion", runtime)
+        assert "\n" not in str(err.value)
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias(NAME, "champion").version
+    client.delete_model_version_tag(NAME, version, ONNX_URI_TAG)
+    try:
+        with pytest.raises(TrackingError, match=f"version {version} has no ONNX export"):
+            find_onnx(f"models:/{NAME}@champion")
+    finally:
+        client.set_model_version_tag(NAME, version, ONNX_URI_TAG, registry[2].model_uri)
+
+
 def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> float:
     start = time.perf_counter()
     while time.perf_counter() - start < timeout:
