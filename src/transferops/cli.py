@@ -189,15 +189,32 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import mlflow
+    from transferops.predict import is_mlflow_uri, predict
 
-    from transferops.predict import predict_files
-    from transferops.tracking import resolve_tracking_uri
+    if is_mlflow_uri(args.model):
+        import mlflow
 
-    mlflow.set_tracking_uri(resolve_tracking_uri(_config(args).mlflow))
-    for file, label, conf in predict_files(args.model, args.images):
-        print(f"{file}\t{label}\t{conf:.4f}")
+        from transferops.config import MlflowConfig
+        from transferops.tracking import resolve_tracking_uri
+
+        # params.yaml is optional here: without one, $MLFLOW_TRACKING_URI or ./mlflow.db
+        explicit = args.params != Path(DEFAULT_PARAMS) or args.set
+        mlflow_cfg = _config(args).mlflow if explicit or args.params.is_file() else MlflowConfig()
+        mlflow.set_tracking_uri(resolve_tracking_uri(mlflow_cfg))
+    n = predict(args.model, args.inputs, args.out, args.runtime, args.batch_size)
+    if args.out is not None:
+        log.info("predict: %d rows written to %s", n, args.out)
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,9 +294,28 @@ def build_parser() -> argparse.ArgumentParser:
         if action != "history":
             p.add_argument("--alias", default="champion")
         p.set_defaults(func=cmd_registry)
-    p = sub.add_parser("predict", parents=[common], help="classify images with a registered model")
-    p.add_argument("--model", required=True, help="e.g. models:/transferops-digits@champion")
-    p.add_argument("images", nargs="+", type=Path)
+    text = "classify images with a trained model; write a CSV (file,predicted,confidence,second,second_confidence)"
+    p = sub.add_parser("predict", parents=[common], help=text, description=text)
+    p.add_argument(
+        "--model",
+        required=True,
+        help="models:/NAME@ALIAS or models:/NAME/VERSION (MLflow), a .onnx file, or a transferops .pt checkpoint",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default=None,
+        help="torch (default) or onnx: ONNX Runtime on CPU with the version's logged ONNX export (a .onnx "
+        "model always runs on onnx; a checkpoint is exported on the fly)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (default 256)")
+    p.add_argument("--out", type=Path, default=None, help="CSV file to write (default: stdout)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (searched recursively), .zip/.tar archives, s3://bucket/prefix",
+    )
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("params", parents=[common], help="print the resolved, validated params")
     p.set_defaults(func=cmd_params)

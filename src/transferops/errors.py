@@ -27,3 +27,7 @@ class TrackingError(TransferopsError):
 
 class GateError(TransferopsError):
     """The registry refuses a candidate: it belongs to another task than the registered model name."""
+
+
+class ExportError(TransferopsError):
+    """A model cannot be exported (e.g. to ONNX); the message names the file and the failing step."""

@@ -1,54 +1,364 @@
-"""``transferops predict``: classify image files with a registered model (e.g. ``models:/NAME@champion``)."""
+"""``transferops predict``: classify images with a trained model and write one CSV row per image.
+
+Models: a registered version (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``), a local ``.onnx`` file or a
+transferops checkpoint (``.pt``). Runtimes: ``torch`` (the PyTorch model) or ``onnx`` (ONNX Runtime on CPU: the
+ONNX export logged beside a registered version, the ``.onnx`` file itself, or a checkpoint exported now). The
+ONNX path never imports torch unless it has to export a checkpoint, so it also runs where torch is absent.
+
+Inputs: image files, folders (searched recursively for image files), ``.zip``/``.tar`` archives (extracted
+safely into a temporary folder) and ``s3://bucket/prefix`` URLs (downloaded into one). The image geometry
+(channels, size) comes from the model, never from the user; class names from the version tag
+``transferops.classes``, the checkpoint, or the ONNX file's metadata.
+
+Where the ONNX export of a registered version lives: :func:`find_onnx` (the version tag :data:`ONNX_URI_TAG`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
-from transferops.data.sources import read_image_file
-from transferops.errors import TrackingError
+from transferops.data import archive
+from transferops.data.sources import IMAGE_SUFFIXES, read_image_file
+from transferops.errors import CheckpointError, DataError, TrackingError
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnx")
+DEFAULT_BATCH_SIZE = 256
+CSV_HEADER = ("file", "predicted", "confidence", "second", "second_confidence")
+
+CLASSES_TAG = "transferops.classes"
+"""Model version tag: the class names, comma-separated, in logit order (set by the register stage)."""
+ONNX_URI_TAG = "transferops.onnx_uri"
+"""Model version tag: the MLflow URI (``models:/m-<id>``) of the version's ONNX export (an ``mlflow.onnx`` model)."""
+ONNX_CLASSES_KEY = "transferops.classes"
+"""ONNX metadata key: the class names as a JSON list (written by ``models.export.export_onnx``)."""
+ONNX_FILE = "model.onnx"
+"""The file name of the graph inside an ``mlflow.onnx`` model's artifacts."""
 
 
-def _classes(model_uri: str) -> list[str] | None:
-    """Class names from the version's tags, for ``models:/NAME@alias`` and ``models:/NAME/VERSION`` URIs."""
+@dataclass
+class Classifier:
+    """A loaded model: ``logits(batch)`` maps float32 (N, C, S, S) images in [0, 1] to (N, K) logits."""
+
+    logits: Callable[[np.ndarray], np.ndarray]
+    channels: int
+    image_size: int
+    classes: list[str] | None
+    source: str
+    runtime: str
+
+
+# ------------------------------------------------------------------------------------------- MLflow lookups
+def is_mlflow_uri(model: str) -> bool:
+    return model.startswith(("models:/", "runs:/"))
+
+
+def model_version(model_uri: str):
+    """The registry's ModelVersion for ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; None for other URIs."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     if not model_uri.startswith("models:/"):
         return None
-    ref = model_uri[len("models:/") :]
+    ref = model_uri[len("models:/") :].rstrip("/")
     client = mlflow.MlflowClient()
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        mv = client.get_model_version_by_alias(name, alias)
-    elif "/" in ref:
-        name, version = ref.split("/", 1)
-        mv = client.get_model_version(name, version)
-    else:
-        return None
-    tag = mv.tags.get("transferops.classes")
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        if "/" in ref:
+            name, version = ref.split("/", 1)
+            return client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise TrackingError(f"{model_uri}: no such model version ({_first_line(exc)})") from None
+    return None  # models:/m-<id>: a logged model, not a registered version
+
+
+def find_onnx(model_uri: str) -> str:
+    """The URI of the ONNX export of a registered version, e.g. ``models:/m-0123...`` (an ``mlflow.onnx`` model).
+
+    ``mlflow.onnx.load_model(uri)`` gives the ``onnx.ModelProto``; ``mlflow.pyfunc.load_model(uri)`` a runnable
+    model; ``mlflow.artifacts.download_artifacts(uri)`` a folder holding ``model.onnx``.
+    """
+    mv = model_version(model_uri)
+    if mv is None:
+        raise TrackingError(f"{model_uri}: the ONNX export is found through a registered version (models:/NAME@ALIAS)")
+    uri = mv.tags.get(ONNX_URI_TAG)
+    if not uri:
+        raise TrackingError(
+            f"{model_uri}: version {mv.version} has no ONNX export (tag {ONNX_URI_TAG} not set); use --runtime torch"
+        )
+    return uri
+
+
+def _version_classes(model_uri: str) -> list[str] | None:
+    mv = model_version(model_uri)
+    tag = mv.tags.get(CLASSES_TAG) if mv is not None else None
     return tag.split(",") if tag else None
 
 
-def predict_files(model_uri: str, files: list[Path]) -> list[tuple[str, str, float]]:
-    """(file, class, confidence) per image; the image geometry comes from the model's signature."""
-    import mlflow
-    import mlflow.pytorch
+# ------------------------------------------------------------------------------------------------- loaders
+def load_onnx(path: Path, source: str | None = None, classes: list[str] | None = None) -> Classifier:
+    """An ONNX Runtime (CPU) classifier from a ``.onnx`` file; geometry from its input shape."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    source = source or str(path)
+    if not path.is_file():
+        raise CheckpointError(f"{source}: ONNX model not found")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: warnings would interleave with the progress bar
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own InvalidProtobuf, Fail, InvalidGraph... for bad files
+        raise CheckpointError(f"{source}: not a loadable ONNX model ({_first_line(exc)[:200]})") from None
+    inp = session.get_inputs()[0]
+    shape = inp.shape
+    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]) or shape[2] != shape[3]:
+        raise CheckpointError(f"{source}: expected an image input (N, C, S, S) with fixed C and S, got {shape}")
+    if classes is None:
+        meta = session.get_modelmeta().custom_metadata_map.get(ONNX_CLASSES_KEY)
+        classes = json.loads(meta) if meta else None
+    name = inp.name
+
+    def logits(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: batch})[0]
+
+    return Classifier(logits, int(shape[1]), int(shape[2]), classes, source, "onnx")
+
+
+def _torch_classifier(model, channels: int, size: int, classes, source: str) -> Classifier:
     import torch
+
+    def logits(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(batch)).numpy()
+
+    return Classifier(logits, channels, size, classes, source, "torch")
+
+
+def _load_registered(model_uri: str, runtime: str, workdir: Path) -> Classifier:
+    import mlflow
+
+    if runtime == "onnx":
+        onnx_uri = find_onnx(model_uri)
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(onnx_uri, dst_path=str(workdir / "onnx")))
+        except Exception as exc:
+            raise TrackingError(
+                f"{onnx_uri} (ONNX export of {model_uri}): cannot download ({_first_line(exc)})"
+            ) from None
+        return load_onnx(local / ONNX_FILE, f"{model_uri} (ONNX {onnx_uri})", _version_classes(model_uri))
+
+    import mlflow.pytorch
 
     try:
         info = mlflow.models.get_model_info(model_uri)
         model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     except Exception as exc:
-        raise TrackingError(f"{model_uri}: cannot load the model ({str(exc).splitlines()[0][:200]})") from None
-    shape = info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]
-    channels, size = int(shape[1]), int(shape[2])
-    images = np.stack([read_image_file(Path(f), size, channels, str(f)) for f in files]).astype(np.float32) / 255
-    with torch.no_grad():
-        probs = torch.softmax(model(torch.from_numpy(images)), dim=1).numpy()
-    classes = _classes(model_uri)
-    out = []
-    for f, p in zip(files, probs, strict=True):
-        i = int(p.argmax())
-        out.append((str(f), classes[i] if classes else str(i), float(p[i])))
-    return out
+        raise TrackingError(f"{model_uri}: cannot load the model ({_first_line(exc)[:200]})") from None
+    try:
+        shape = info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]
+    except (AttributeError, KeyError, IndexError, TypeError):
+        raise TrackingError(f"{model_uri}: the model has no tensor signature to read the image size from") from None
+    return _torch_classifier(model, int(shape[1]), int(shape[2]), _version_classes(model_uri), model_uri)
+
+
+def _load_checkpoint(path: Path, runtime: str, workdir: Path) -> Classifier:
+    from transferops.models.io import load_model
+
+    model, ckpt = load_model(path)
+    channels, classes = ckpt["in_channels"], list(ckpt["classes"])
+    size = int(ckpt.get("input_size") or ckpt["image_size"])  # what the network sees (after the eval crop)
+    if runtime == "torch":
+        return _torch_classifier(model, channels, size, classes, str(path))
+    from transferops.models.export import export_onnx
+
+    log.info("exporting %s to ONNX for this run", path)
+    onnx_path = export_onnx(model, workdir / ONNX_FILE, channels, size, classes=classes)
+    return load_onnx(onnx_path, f"{path} (exported to ONNX)", classes)
+
+
+def load_classifier(model: str, runtime: str | None = None) -> Classifier:
+    """Load ``model`` for ``runtime`` (None: ``onnx`` for a ``.onnx`` file, else ``torch``).
+
+    Downloads and on-the-fly exports go to a temporary folder, removed once the model is in memory.
+    """
+    if runtime is not None and runtime not in RUNTIMES:
+        raise DataError(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    if model.lower().endswith(".onnx") and not is_mlflow_uri(model):
+        if runtime == "torch":
+            raise DataError(f"{model}: an ONNX file runs with --runtime onnx, not torch")
+        return load_onnx(Path(model))
+    runtime = runtime or "torch"
+    with tempfile.TemporaryDirectory(prefix="transferops-model-") as tmp:
+        if is_mlflow_uri(model):
+            return _load_registered(model, runtime, Path(tmp))
+        return _load_checkpoint(Path(model), runtime, Path(tmp))
+
+
+# -------------------------------------------------------------------------------------------------- inputs
+def _image_files(root: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(root).parts)
+    )
+
+
+def _folder(root: Path, label: str) -> list[tuple[str, Path]]:
+    files = _image_files(root)
+    if not files:
+        raise DataError(f"{label}: no image files (searched recursively for {', '.join(IMAGE_SUFFIXES)})")
+    return [(f"{label}/{f.relative_to(root).as_posix()}", f) for f in files]
+
+
+def collect_images(inputs: Sequence[str], workdir: Path) -> list[tuple[str, Path]]:
+    """(name printed in the CSV, local file) for every image the inputs hold, in order.
+
+    Archives are extracted and s3:// prefixes downloaded under ``workdir``; files named on the command line are
+    refused unless their suffix is an image's, where a folder's other files are skipped.
+    """
+    found: list[tuple[str, Path]] = []
+    for i, item in enumerate(inputs):
+        if item.startswith("s3://"):
+            from transferops.data.s3 import download_prefix
+
+            dest = workdir / f"input-{i}"
+            dest.mkdir(parents=True)
+            download_prefix(item, dest)
+            found += _folder(dest, item.rstrip("/"))
+            continue
+        path = Path(item)
+        if path.is_dir():
+            found += _folder(path, item.rstrip("/"))
+        elif path.is_file() and archive.is_archive(path):
+            dest = workdir / f"input-{i}"
+            dest.mkdir(parents=True)
+            archive.safe_extract(path, dest)
+            found += _folder(dest, item)
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_SUFFIXES:  # before the model loads, with read_image_file's words
+                raise DataError(f"{item}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)})")
+            found.append((item, path))
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    return found
+
+
+# ------------------------------------------------------------------------------------------------- predict
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_rows(
+    clf: Classifier, images: Sequence[tuple[str, Path]], batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False
+) -> Iterator[tuple[str, str, float, str, float | None]]:
+    """(file, class, confidence, second class, its confidence) per image, reading one batch at a time."""
+    from tqdm.auto import tqdm
+
+    names = clf.classes
+    with tqdm(total=len(images), unit="img", desc="predict", disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            batch = np.stack([read_image_file(p, clf.image_size, clf.channels, name) for name, p in chunk])
+            logits = clf.logits(batch.astype(np.float32) / 255.0)
+            if names is not None and logits.shape[1] != len(names):
+                raise CheckpointError(f"{clf.source}: {logits.shape[1]} outputs but {len(names)} class names")
+            probs = _softmax(logits.astype(np.float64))
+            order = np.argsort(-probs, axis=1, kind="stable")
+            for (name, _), p, o in zip(chunk, probs, order, strict=True):
+                first, second = int(o[0]), (int(o[1]) if len(o) > 1 else None)
+                yield (
+                    name,
+                    _label(names, first),
+                    float(p[first]),
+                    "" if second is None else _label(names, second),
+                    None if second is None else float(p[second]),
+                )
+            bar.update(len(chunk))
+
+
+def _label(classes: list[str] | None, k: int) -> str:
+    return classes[k] if classes else str(k)
+
+
+def write_csv(rows: Iterator[tuple], out: TextIO) -> int:
+    """The header and one row per image; confidences with 6 decimals. Returns the number of rows."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    n = 0
+    for file, predicted, conf, second, conf2 in rows:
+        writer.writerow([file, predicted, f"{conf:.6f}", second, "" if conf2 is None else f"{conf2:.6f}"])
+        n += 1
+    return n
+
+
+def predict(
+    model: str,
+    inputs: Sequence[str],
+    out: Path | None = None,
+    runtime: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool | None = None,
+) -> int:
+    """Classify every image in ``inputs`` and write the CSV to ``out`` (stdout when None); returns the count.
+
+    ``out`` is written to a temporary file beside it and renamed on success: a failed run leaves no partial CSV.
+    ``progress`` None shows a bar when stderr is a terminal.
+    """
+    if batch_size < 1:
+        raise DataError(f"--batch-size {batch_size}: expected a positive integer")
+    progress = sys.stderr.isatty() if progress is None else progress
+    with tempfile.TemporaryDirectory(prefix="transferops-predict-") as tmp:
+        images = collect_images(inputs, Path(tmp) / "inputs")  # input errors before the (slow) model load
+        clf = load_classifier(model, runtime)
+        log.info(
+            "predict: %d images with %s (%s runtime, %dx%dx%d)",
+            len(images),
+            clf.source,
+            clf.runtime,
+            clf.channels,
+            clf.image_size,
+            clf.image_size,
+        )
+        rows = predict_rows(clf, images, batch_size, progress)
+        if out is None:
+            return write_csv(rows, sys.stdout)
+        with _atomic_text(Path(out)) as f:
+            return write_csv(rows, f)
+
+
+@contextlib.contextmanager
+def _atomic_text(path: Path) -> Iterator[TextIO]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -91,7 +91,9 @@ def test_pipeline_registry_workflow_against_server_and_s3(tiny_params, tmp_path,
         cwd=tmp_path,
         env=env,
     ).stdout
-    label, conf = out.strip().split("\t")[1:]
+    header, row = out.strip().splitlines()
+    assert header == "file,predicted,confidence,second,second_confidence"
+    label, conf = row.split(",")[1:3]
     assert label in [str(d) for d in range(10)] and 0 < float(conf) <= 1
 
     # a retried registration creates no new version
