@@ -29,6 +29,7 @@ from typing import TextIO
 
 import numpy as np
 
+from transferops.config import IngestConfig
 from transferops.data import archive
 from transferops.data.sources import IMAGE_SUFFIXES, read_image_file
 from transferops.errors import CheckpointError, DataError, TrackingError
@@ -250,7 +251,7 @@ def collect_images(inputs: Sequence[str], workdir: Path) -> list[tuple[str, Path
         elif path.is_file() and archive.is_archive(path):
             dest = workdir / f"input-{i}"
             dest.mkdir(parents=True)
-            archive.safe_extract(path, dest)
+            archive.safe_extract(path, dest, archive.Limits.from_config(IngestConfig()))
             found += _folder(dest, item)
         elif path.is_file():
             if path.suffix.lower() not in IMAGE_SUFFIXES:  # before the model loads, with read_image_file's words

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from transferops.config import IngestConfig
 from transferops.errors import DataError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -41,6 +42,10 @@ class Limits:
 
     max_bytes: int
     max_entries: int
+
+    @classmethod
+    def from_config(cls, ing: IngestConfig) -> Limits:
+        return cls(int(ing.archive_max_gib * 2**30), ing.archive_max_entries)
 
 
 def _gib(n: int) -> str:

@@ -227,8 +227,7 @@ def list_image_folder(spec: DatasetConfig, ing: IngestConfig, seed: int, work: P
     local = Path(path)
     if local.is_file() and archive.is_archive(local):
         work.mkdir(parents=True, exist_ok=True)
-        limits = archive.Limits(int(ing.archive_max_gib * 2**30), ing.archive_max_entries)
-        return _list_folder(archive.safe_extract(local, work, limits), str(local), where)
+        return _list_folder(archive.safe_extract(local, work, archive.Limits.from_config(ing)), str(local), where)
     return _list_folder(local, str(local), where)
 
 
