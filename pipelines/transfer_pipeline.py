@@ -1,9 +1,15 @@
 """``transfer_pipeline``: ingest -> pretrain -> finetune -> evaluate -> register (whose gate decides).
 
-Pipeline parameters default from ``params.yaml``, read when the pipeline is built (compiled): the whole file
-travels as ``params_json`` (one line of JSON) and the knobs people turn most (seed, method, labels per class)
-are parameters of their own in the KFP UI, plus free ``overrides`` (``section.key=value``, as ``--set``).
-Node pools, retries, caching, secrets and the schedule come from the ``kfp:`` section.
+Pipeline parameters default from ``params.yaml`` and the ``--set`` overrides given at compile time: the whole
+resolved file travels as ``params_json`` (one line of JSON) and the knobs people turn most (seed, method,
+labels per class) are parameters of their own in the KFP UI, plus free run-time ``overrides``
+(``section.key=value``). Node pools, retries, caching, secrets and the schedule come from the ``kfp:`` section
+(:mod:`transferops.kubeflow.settings`) and are compiled in: ``kfp.*`` overrides take effect at compile time
+only, and a run-time ``kfp.*`` override is refused by the components.
+
+Every task gets its run's id from its pod's ``pipeline/runid`` label (the Downward API) as
+``TRANSFEROPS_RUN_KEY``: training state in ``base.state_uri`` and the MLflow parent run are keyed by it,
+without a run-id input that would defeat caching.
 
     transferops pipeline compile [--out pipelines/transfer_pipeline.yaml]
     transferops pipeline run-local          # kfp.local, every component in this environment
@@ -18,17 +24,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
 from kfp import compiler, dsl, kubernetes
 
 from components import stages as c
-from transferops.config import Config, KfpConfig, NodePoolConfig, load_config
+from transferops.config import apply_overrides, config_from_dict, read_params
+from transferops.kubeflow.settings import KfpConfig, NodePoolConfig, kfp_from_dict
+from transferops.training.state import RUN_KEY_ENV
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = Path(os.environ.get("TRANSFEROPS_PARAMS", REPO / "params.yaml"))
 DEFAULT_OUT = REPO / "pipelines" / "transfer_pipeline.yaml"
+RUN_ID_FIELD = "metadata.labels['pipeline/runid']"
+"""The label KFP puts on every pod of a run (its run id), exposed to the tasks through the Downward API."""
 
 
 def _place(task: dsl.PipelineTask, pool: NodePoolConfig, kfp: KfpConfig) -> dsl.PipelineTask:
@@ -48,6 +57,7 @@ def _place(task: dsl.PipelineTask, pool: NodePoolConfig, kfp: KfpConfig) -> dsl.
     for secret in kfp.secrets:
         kubernetes.use_secret_as_env(task, secret_name=secret.name, secret_key_to_env=dict(secret.env))
     kubernetes.set_image_pull_policy(task, kfp.image_pull_policy)
+    kubernetes.use_field_path_as_env(task, env_name=RUN_KEY_ENV, field_path=RUN_ID_FIELD)
     return task
 
 
@@ -58,13 +68,20 @@ def _gpu(task: dsl.PipelineTask, kfp: KfpConfig) -> dsl.PipelineTask:
     return task
 
 
-def build_pipeline(params_path: Path = DEFAULT_PARAMS, cfg: "Config | None" = None):
-    """The pipeline function, its parameter defaults taken from ``params_path``."""
-    cfg = cfg or load_config(params_path)
+def resolve(params_path: Path = DEFAULT_PARAMS, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, KfpConfig]:
+    """The params the pipeline is compiled from (``--set`` applied, core sections validated) and its ``kfp``."""
+    data = apply_overrides(read_params(params_path), list(overrides))
+    config_from_dict(data)  # validates every core section; errors name the key
+    return data, kfp_from_dict(data)
+
+
+def build_pipeline(params_path: Path = DEFAULT_PARAMS, overrides: list[str] | tuple[str, ...] = ()):
+    """The pipeline function, its parameter defaults taken from ``params_path`` plus ``overrides``."""
+    data, kfp = resolve(params_path, overrides)
+    cfg = config_from_dict(data)
     # one line of JSON: KFP copies defaults into a comment header, which a multi-line string would break
-    params_text = json.dumps(yaml.safe_load(Path(params_path).read_text()), separators=(",", ":"))
+    params_text = json.dumps(data, separators=(",", ":"))
     k = cfg.ingest.target.split.labels_per_class
-    kfp = cfg.kfp
 
     @dsl.pipeline(name=kfp.pipeline_name, description="Transfer a source-domain model to a target domain.")
     def transfer_pipeline(
@@ -117,11 +134,11 @@ def build_pipeline(params_path: Path = DEFAULT_PARAMS, cfg: "Config | None" = No
     return transfer_pipeline
 
 
-def compile_pipeline(params_path: Path = DEFAULT_PARAMS, out: Path = DEFAULT_OUT) -> Path:
-    """Write the pipeline's IR YAML."""
+def compile_pipeline(params_path: Path = DEFAULT_PARAMS, out: Path = DEFAULT_OUT, overrides=()) -> Path:
+    """Write the pipeline's IR YAML (``overrides`` applied: ``kfp.*`` ones too)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(params_path), str(out))
+    compiler.Compiler().compile(build_pipeline(params_path, overrides), str(out))
     log.info("compiled %s", out)
     return out
 
@@ -131,8 +148,12 @@ def run_local(
     pipeline_root: Path = Path("kfp-local"),
     arguments: dict[str, Any] | None = None,
     cache: bool = False,
+    overrides=(),
 ):
-    """Run the whole DAG with kfp.local in this environment (resources and kubernetes settings are ignored)."""
+    """Run the whole DAG with kfp.local in this environment (resources and kubernetes settings are ignored,
+    so the run key a cluster would put in each pod is set here for the task processes)."""
+    import uuid
+
     from kfp import local
 
     local.init(
@@ -140,7 +161,26 @@ def run_local(
         pipeline_root=str(Path(pipeline_root).resolve()),
         enable_caching=cache,
     )
-    return build_pipeline(params_path)(**(arguments or {}))
+    previous = os.environ.get(RUN_KEY_ENV)
+    os.environ[RUN_KEY_ENV] = previous or f"local-{uuid.uuid4().hex[:12]}"
+    try:
+        return build_pipeline(params_path, overrides)(**(arguments or {}))
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_KEY_ENV, None)
+
+
+def local_summary(params_path: Path, pipeline_root: Path, overrides=()) -> str:
+    """The summary of the newest kfp.local run under ``pipeline_root`` (its own outputs, not artifacts/)."""
+    from transferops.summary import summary_text
+    from transferops.tracking import resolve_tracking_uri
+
+    runs = sorted((p for p in Path(pipeline_root).iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    run = runs[-1]
+    cfg = config_from_dict(apply_overrides(read_params(params_path), list(overrides)))
+    return summary_text(
+        run / "evaluate" / "evaluation", run / "register" / "registration", f"{run}/", resolve_tracking_uri(cfg.mlflow)
+    )
 
 
 def _client(host: str, namespace: str | None = None):
@@ -155,10 +195,11 @@ def submit(
     arguments: dict[str, Any] | None = None,
     experiment: str = "transferops",
     run_name: str | None = None,
+    overrides=(),
 ):
-    """Compile and start one run on a KFP server."""
+    """Compile (``overrides`` applied) and start one run on a KFP server."""
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(params_path, Path(tmp) / "pipeline.yaml")
+        package = compile_pipeline(params_path, Path(tmp) / "pipeline.yaml", overrides)
         return _client(host).create_run_from_pipeline_package(
             str(package), arguments=arguments or {}, run_name=run_name, experiment_name=experiment
         )
@@ -171,19 +212,21 @@ def schedule(
     experiment: str = "transferops",
     job_name: str = "transferops-nightly",
     arguments: dict[str, Any] | None = None,
+    overrides=(),
 ):
-    """Create a recurring run (6-field cron, max concurrency and catch-up from ``kfp:``)."""
-    cfg = load_config(params_path)
+    """Create a recurring run (6-field cron, max concurrency and catch-up from ``kfp:``), compiled with
+    ``overrides`` applied."""
+    _, kfp = resolve(params_path, overrides)
     client = _client(host)
     exp = client.create_experiment(name=experiment)
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(params_path, Path(tmp) / "pipeline.yaml")
+        package = compile_pipeline(params_path, Path(tmp) / "pipeline.yaml", overrides)
         return client.create_recurring_run(
             experiment_id=exp.experiment_id,
             job_name=job_name,
-            cron_expression=cron or cfg.kfp.cron,
-            max_concurrency=cfg.kfp.max_concurrency,
-            no_catchup=not cfg.kfp.catchup,
+            cron_expression=cron or kfp.cron,
+            max_concurrency=kfp.max_concurrency,
+            no_catchup=not kfp.catchup,
             pipeline_package_path=str(package),
             params=arguments or {},
         )

@@ -41,9 +41,11 @@ def tiny_dict(tmp_path: Path) -> dict:
 
 
 def dvc_repo(tmp_path: Path, tracking_uri: str) -> tuple[Path, dict[str, str]]:
-    """A throwaway git + DVC repo holding the real dvc.yaml, the library and a tiny params.yaml.
+    """A throwaway git + DVC repo holding the real dvc.yaml, bin/ launcher, .gitignore, the library and a tiny
+    params.yaml, with ``.venv`` pointing at this interpreter's venv, as in a checkout after ``make install``.
 
-    Returns the repo and the environment to run ``dvc`` in (this venv's bin first on PATH).
+    Returns the repo and the environment to run ``<repo>/.venv/bin/dvc`` in: the venv is **not** on PATH,
+    as for a user who did not activate it (the README's commands must work so).
     """
     import shutil
     import subprocess
@@ -51,23 +53,29 @@ def dvc_repo(tmp_path: Path, tracking_uri: str) -> tuple[Path, dict[str, str]]:
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    shutil.copy(REPO / "dvc.yaml", repo)
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, repo)
+    shutil.copytree(REPO / "bin", repo / "bin")
     shutil.copytree(
         REPO / "src" / "transferops", repo / "src" / "transferops", ignore=shutil.ignore_patterns("__pycache__")
     )
+    (repo / ".venv").symlink_to(Path(sys.executable).parent.parent)
     params = tiny_dict(repo)
     params["base"]["artifacts_dir"] = "artifacts"
     params["mlflow"]["tracking_uri"] = tracking_uri
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
     env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        **{k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},
+        "PATH": path,
         "GIT_AUTHOR_NAME": "t",
         "GIT_AUTHOR_EMAIL": "t@t",
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@t",
     }
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+    dvc = str(repo / ".venv" / "bin" / "dvc")
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.analytics", "false"]):
         subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True, timeout=120)
     return repo, env
 

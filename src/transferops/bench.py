@@ -163,8 +163,8 @@ def methods(
                     start_stage(kcfg)
                     model = finetune.from_scratch(kcfg)
                     record(("from_scratch", k), accuracy(model, test))
-                    if "finetune" in names and len(results.get(("finetune", k), [])) <= i:
-                        run_method("finetune", k)
+                    if "full_finetune" in names and len(results.get(("full_finetune", k), [])) <= i:
+                        run_method("full_finetune", k)
                 if best_da and len(results.get((best_da, k), [])) <= i:
                     run_method(best_da, k)
 
@@ -243,7 +243,7 @@ def _methods_report(cfg, results, seconds, names, unsupervised, k_default, curve
         "curve": {
             "labels_per_class": list(curve),
             "from_scratch": curve_of("from_scratch"),
-            **({"finetune": curve_of("finetune")} if "finetune" in names else {}),
+            **({"full_finetune": curve_of("full_finetune")} if "full_finetune" in names else {}),
             **({curve_da: curve_of(curve_da)} if curve_da else {}),
         },
         "best_unsupervised": best_da,

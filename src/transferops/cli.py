@@ -65,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "--set is for `run --direct`; under DVC use `dvc exp run -S key=value` (DVC tracks params.yaml)"
         )
     tracker = MlflowTracker(cfg.mlflow)
-    parent = tracker.start_pipeline_run("pipeline", cfg)
+    parent = tracker.start_pipeline_run(None, cfg)
     log.info("pipeline run %s (MLflow experiment %r)", parent, cfg.mlflow.experiment)
     status = "FAILED"
     try:
@@ -125,36 +125,20 @@ def cmd_bench_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pipelines():
-    """Import the top-level ``pipelines`` package from the checkout this CLI runs in."""
+def _pipelines_cli():
+    """The ``pipelines`` package of the checkout this CLI runs in (the Kubeflow adapter), or None."""
     for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (root / "pipelines" / "transfer_pipeline.py").is_file():
+        if (root / "pipelines" / "cli.py").is_file():
             if str(root) not in sys.path:
                 sys.path.insert(0, str(root))
-            from pipelines import transfer_pipeline
+            from pipelines import cli
 
-            return transfer_pipeline
-    raise TransferopsError("pipelines/transfer_pipeline.py not found: run from the transferops checkout")
-
-
-def _arguments(args: argparse.Namespace) -> dict:
-    return {"overrides": list(args.set)} if args.set else {}
+            return cli
+    return None
 
 
-def cmd_pipeline(args: argparse.Namespace) -> int:
-    p = _pipelines()
-    load_config(args.params)  # validate first: a bad params file fails here with its one-line message
-    if args.action == "compile":
-        print(p.compile_pipeline(args.params, args.out or p.DEFAULT_OUT))
-    elif args.action == "run-local":
-        p.run_local(args.params, args.pipeline_root, _arguments(args), cache=args.cache)
-    elif args.action == "submit":
-        run = p.submit(args.host, args.params, _arguments(args), args.experiment)
-        print(f"submitted run {run.run_id}")
-    elif args.action == "schedule":
-        job = p.schedule(args.host, args.params, args.cron, args.experiment, arguments=_arguments(args))
-        print(f"scheduled recurring run {getattr(job, 'recurring_run_id', job)}")
-    return 0
+def cmd_no_pipelines(args: argparse.Namespace) -> int:
+    raise TransferopsError("pipelines/ not found: `transferops pipeline` runs from the transferops checkout")
 
 
 def _registry_client(args: argparse.Namespace):
@@ -262,23 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("reports"), help="report directory (default reports/)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the benchmark to MLflow")
     p.set_defaults(func=cmd_bench_methods)
-    pipe = sub.add_parser("pipeline", help="the Kubeflow Pipelines DAG: compile, run-local, submit, schedule")
-    pipe = pipe.add_subparsers(dest="action", required=True)
-    p = pipe.add_parser(
-        "compile", parents=[common], help="write the IR YAML (default pipelines/transfer_pipeline.yaml)"
-    )
-    p.add_argument("--out", type=Path, default=None)
-    p = pipe.add_parser("run-local", parents=[common], help="run the DAG with kfp.local in this environment")
-    p.add_argument("--pipeline-root", type=Path, default=Path("artifacts/kfp-local"))
-    p.add_argument("--cache", action="store_true", help="enable kfp.local caching")
-    for action in ("submit", "schedule"):
-        p = pipe.add_parser(action, parents=[common], help=f"{action} on a KFP server (kfp.Client)")
-        p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
-        p.add_argument("--experiment", default="transferops")
-        if action == "schedule":
-            p.add_argument("--cron", default=None, help='6-field cron, seconds first (default kfp.cron: "0 0 3 * * *")')
-    for p in pipe.choices.values():
-        p.set_defaults(func=cmd_pipeline)
+    pipelines_cli = _pipelines_cli()
+    if pipelines_cli is not None:
+        pipelines_cli.add_parser(sub, common)
+    else:
+        sub.add_parser("pipeline", help="the Kubeflow DAG (from a checkout)").set_defaults(func=cmd_no_pipelines)
     reg = sub.add_parser("registry", help="the model registry: alias history, promote, rollback")
     reg = reg.add_subparsers(dest="action", required=True)
     for action, text in (

@@ -258,7 +258,7 @@ class LinearProbeConfig(MethodConfig):
 
 @dataclass(frozen=True)
 class FinetuneMethodConfig(MethodConfig):
-    """Full or partial fine-tuning of the source model."""
+    """Fine-tuning of the source model: of all of it, or partial (``freeze_stages``, gradual unfreezing)."""
 
     backbone_lr_mult: float = 0.1
     """Backbone learning rate = lr * backbone_lr_mult (discriminative learning rates)."""
@@ -371,6 +371,11 @@ class MCCConfig(AdaptationConfig):
         _check(self.temperature > 0, "temperature", "a float > 0", self.temperature)
 
 
+RENAMED_METHODS = {"finetune": "full_finetune"}
+"""Old method names: a params file that still uses one gets a message naming the new one."""
+RENAMED_KEYS = {"finetune.finetune": "finetune.full_finetune"}
+
+
 @dataclass(frozen=True)
 class FinetuneConfig(TrainConfig):
     """Transfer from the source checkpoint to the target domain."""
@@ -378,10 +383,10 @@ class FinetuneConfig(TrainConfig):
     epochs: int = 6
     steps_per_epoch: int = 25
     lr: float = 1e-3
-    method: str = "finetune"
+    method: str = "full_finetune"
     """The transfer method; its settings are the sub-section of the same name below."""
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
-    finetune: FinetuneMethodConfig = field(default_factory=FinetuneMethodConfig)
+    full_finetune: FinetuneMethodConfig = field(default_factory=FinetuneMethodConfig)
     l2sp: L2SPConfig = field(default_factory=L2SPConfig)
     kd: KDConfig = field(default_factory=KDConfig)
     joint: JointConfig = field(default_factory=JointConfig)
@@ -393,6 +398,8 @@ class FinetuneConfig(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         methods = method_names()
+        if self.method in RENAMED_METHODS:
+            raise ConfigError(f"method: {self.method!r} was renamed {RENAMED_METHODS[self.method]!r}")
         _check(self.method in methods, "method", f"one of {', '.join(methods)}", self.method)
 
     @property
@@ -456,73 +463,6 @@ class MlflowConfig:
 
 
 @dataclass(frozen=True)
-class TolerationConfig:
-    key: str = "nvidia.com/gpu"
-    operator: Literal["Equal", "Exists"] = "Exists"
-    value: str = ""
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""] = "NoSchedule"
-
-
-@dataclass(frozen=True)
-class NodePoolConfig:
-    """Where and with what resources a group of Kubeflow tasks runs."""
-
-    accelerator_type: str = ""
-    """e.g. nvidia.com/gpu; empty = no accelerator."""
-    accelerator_limit: int = 0
-    cpu_request: str = "1"
-    cpu_limit: str = "2"
-    memory_request: str = "2Gi"
-    memory_limit: str = "4Gi"
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[TolerationConfig] = field(default_factory=list)
-    shm_size: str = ""
-    """Size of an in-memory emptyDir mounted at /dev/shm (DataLoader workers need more than the default)."""
-
-
-@dataclass(frozen=True)
-class SecretConfig:
-    """A Kubernetes secret whose keys become environment variables of every task."""
-
-    name: str = ""
-    env: dict[str, str] = field(default_factory=dict)
-    """secret key -> environment variable name."""
-
-
-@dataclass(frozen=True)
-class KfpConfig:
-    """The Kubeflow Pipelines DAG: node pools, retries, caching, secrets, schedule."""
-
-    pipeline_name: str = "transferops-transfer"
-    gpu: NodePoolConfig = field(
-        default_factory=lambda: NodePoolConfig(
-            "nvidia.com/gpu", 1, "4", "8", "16Gi", "32Gi", {}, [TolerationConfig()], "8Gi"
-        )
-    )
-    """pretrain, finetune, evaluate."""
-    cpu: NodePoolConfig = field(default_factory=NodePoolConfig)
-    """ingest, register."""
-    retries: int = 3
-    """Retries of the GPU tasks (spot nodes get preempted; training resumes from its checkpoint)."""
-    backoff_duration: str = "60s"
-    backoff_factor: float = 2.0
-    cache_ingest: bool = True
-    cache_training: bool = True
-    """Cache pretrain/finetune/evaluate: the cache key is their inputs (params and upstream artifacts)."""
-    secrets: list[SecretConfig] = field(default_factory=list)
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    cron: str = "0 0 3 * * *"
-    """Recurring runs: KFP's 6-field cron (seconds first)."""
-    max_concurrency: int = 1
-    catchup: bool = False
-
-    def __post_init__(self) -> None:
-        _check(self.retries >= 0, "retries", "an int >= 0", self.retries)
-        _check(len(self.cron.split()) == 6, "cron", "a 6-field cron expression (seconds first)", self.cron)
-        _check(self.max_concurrency >= 1, "max_concurrency", "an int >= 1", self.max_concurrency)
-
-
-@dataclass(frozen=True)
 class Config:
     """The whole resolved configuration of a pipeline run."""
 
@@ -534,7 +474,6 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-    kfp: KfpConfig = field(default_factory=KfpConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what is saved beside checkpoints and logged to MLflow)."""
@@ -617,12 +556,20 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp!r}")  # a bug in this module, not in params
 
 
+def build_section(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Validate a mapping into the dataclass ``cls``; errors name keys under ``prefix``. Adapters use it for
+    the params sections they own (``kfp``), so every section is parsed by the same rules."""
+    return _build(cls, data, prefix)
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
             where = f"{prefix}.{key}" if prefix else key
+            if where in RENAMED_KEYS:
+                raise ConfigError(f"{where}: renamed {RENAMED_KEYS[where]} (the method is now called full_finetune)")
             raise ConfigError(f"unknown key {where!r} (expected one of: {', '.join(names)})")
     kwargs = {}
     for name in names:
@@ -665,14 +612,42 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+OTHER_SECTIONS = {"kfp": "the Kubeflow pipeline (transferops.kubeflow.settings), read when it is compiled"}
+"""Sections of params.yaml that adapters own and parse themselves: the core config knows no cluster."""
+
+
 def config_from_dict(data: dict[str, Any] | None, overrides: list[str] | None = None) -> Config:
-    """Build and validate a :class:`Config` from a parsed params mapping plus overrides."""
-    data = apply_overrides(data or {}, overrides or [])
-    return _build(Config, data)
+    """Build and validate a :class:`Config` from a parsed params mapping plus ``--set`` overrides.
+
+    Sections in :data:`OTHER_SECTIONS` are left to their adapters; an override of one of them cannot take
+    effect here and is refused rather than silently ignored.
+    """
+    overrides = list(overrides or [])
+    for text in overrides:
+        section = text.split("=", 1)[0].split(".", 1)[0].strip()
+        if section in OTHER_SECTIONS:
+            raise ConfigError(
+                f"--set {text!r}: {section}.* configures {OTHER_SECTIONS[section]}; it cannot take effect here "
+                f"(use it with `transferops pipeline compile|submit|schedule|run-local --set`)"
+            )
+    data = apply_overrides(data or {}, overrides)
+    core = {k: v for k, v in data.items() if k not in OTHER_SECTIONS}
+    try:
+        return _build(Config, core)
+    except ConfigError as exc:
+        if overrides and _from_overrides(str(exc), overrides):
+            raise ConfigError(f"--set: {exc}") from None
+        raise
 
 
-def load_config(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> Config:
-    """Read a params file, apply ``--set`` overrides and validate; errors name the file and key."""
+def _from_overrides(message: str, overrides: list[str]) -> bool:
+    """Whether a config error is about a key given with ``--set`` (then --set, not the file, is to blame)."""
+    keys = [t.split("=", 1)[0].strip() for t in overrides]
+    return any(f"'{k}'" in message or message.startswith(f"{k}:") for k in keys)
+
+
+def read_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """The parsed params file (the one place YAML is read); errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
@@ -682,10 +657,19 @@ def load_config(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None =
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def load_config(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> Config:
+    """Read a params file, apply ``--set`` overrides and validate; errors name the file (or ``--set``) and
+    the key."""
+    data = read_params(path)
     try:
         return config_from_dict(data, overrides)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        if str(exc).startswith("--set"):
+            raise
+        raise ConfigError(f"{Path(path)}: {exc}") from None
 
 
 def dump_config(cfg: Config) -> str:

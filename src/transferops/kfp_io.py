@@ -16,32 +16,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from transferops.config import Config, config_from_dict
+from transferops.paths import Paths
 from transferops.stages.common import StageResult, read_json
-
-LAYOUT = {
-    "source_data": "ingest/source",
-    "target_data": "ingest/target",
-    "ingest": "ingest",
-    "source_model": "pretrain",
-    "target_model": "finetune",
-    "evaluation": "evaluate",
-    "registration": "register",
-}
 
 
 def component_config(params_json: str, seed: int, method: str, labels_per_class: int, overrides: list[str]) -> Config:
-    """The Config of one pipeline run: params.yaml (as JSON or YAML text) plus the pipeline's named parameters
-    and overrides; ``labels_per_class`` -1 means null (all)."""
+    """The Config of one pipeline run: the params compiled into the pipeline (JSON) plus its named run-time
+    parameters and ``overrides``; ``labels_per_class`` -1 means null (all). A ``kfp.*`` override is refused
+    here: node pools, retries and caching are compiled into the pipeline and cannot change at run time."""
     k = "null" if labels_per_class < 0 else labels_per_class
     named = [
         f"base.seed={seed}",
         f"finetune.method={method}",
         f"ingest.target.split.labels_per_class={k}",
     ]
-    return config_from_dict(yaml.safe_load(params_json) or {}, named + list(overrides))
+    return config_from_dict(json.loads(params_json or "{}"), named + list(overrides))
 
 
 def run_stage_in_workspace(
@@ -55,8 +45,9 @@ def run_stage_in_workspace(
     from transferops.tracking import make_tracker
 
     ws = Path(tempfile.mkdtemp(prefix=f"transferops-{stage}-"))
+    layout = Paths(ws)
     for name, path in inputs.items():
-        link = ws / LAYOUT[name]
+        link = layout.artifact(name)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(Path(path).resolve(), target_is_directory=True)
     cfg = replace(cfg, base=replace(cfg.base, artifacts_dir=str(ws)))
@@ -65,7 +56,7 @@ def run_stage_in_workspace(
         dest = Path(path)
         if dest.exists():
             shutil.rmtree(dest)
-        shutil.copytree(ws / LAYOUT[name], dest)
+        shutil.copytree(layout.artifact(name), dest)
     return result, ws
 
 

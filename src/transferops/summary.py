@@ -1,6 +1,13 @@
-"""The short report printed at the end of a pipeline run, read from the stages' output files."""
+"""The short report printed at the end of a pipeline run, read from the stages' output files.
+
+The registry part is read live (the version's aliases now), so a summary printed after another run moved
+``champion`` says so instead of repeating what ``registration.json`` recorded at the time.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 from transferops.config import Config
 from transferops.errors import TransferopsError
@@ -13,19 +20,34 @@ def _pct(x: float | None) -> str:
     return "   n/a" if x is None else f"{100 * x:5.1f}%"
 
 
-def summary_text(cfg: Config, tracking_uri: str) -> str:
-    paths = Paths.from_config(cfg)
+def _labels(k: Any) -> str:
+    return "all labels" if k is None else f"{k} label{'' if k == 1 else 's'} per class"
+
+
+def _live_aliases(tracking_uri: str, name: str, version: str) -> list[str] | None:
     try:
-        m = read_json(paths.stage("evaluate") / "metrics.json")
-        r = read_json(paths.stage("register") / "registration.json")
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+        return sorted(mlflow.MlflowClient().get_model_version(name, version).aliases)
+    except Exception:  # the registry is not reachable from here: fall back to what was recorded
+        return None
+
+
+def summary_text(evaluate_dir: Path, register_dir: Path, outputs: str, tracking_uri: str) -> str:
+    """The summary of the run whose evaluate and register outputs are in these folders."""
+    try:
+        m = read_json(Path(evaluate_dir) / "metrics.json")
+        r = read_json(Path(register_dir) / "registration.json")
     except FileNotFoundError as exc:
         raise TransferopsError(f"{exc.filename}: not found (the pipeline has not completed)") from None
     gain = m.get("transfer_gain")
-    registered = (
-        f"{r['model_name']} version {r['version']}, aliases: {', '.join(r['aliases']) or 'none'}"
-        if r.get("version")
-        else f"{r['model_name']}: nothing registered"
-    )
+    if r.get("version"):
+        aliases = _live_aliases(tracking_uri, r["model_name"], r["version"])
+        aliases = r["aliases"] if aliases is None else aliases
+        registered = f"{r['model_name']} version {r['version']}, aliases now: {', '.join(aliases) or 'none'}"
+    else:
+        registered = f"{r['model_name']}: nothing registered"
     ui = (
         f"mlflow ui --backend-store-uri {safe_uri(tracking_uri)}"
         if tracking_uri.startswith("sqlite")
@@ -35,14 +57,14 @@ def summary_text(cfg: Config, tracking_uri: str) -> str:
         [
             "",
             "transferops pipeline summary",
-            f"  target test accuracy  {_pct(m['accuracy'])}   ({m['method']}, {m['labels_per_class']} labels per "
-            f"class, {m['n_test']} test images, macro-F1 {m['macro_f1']:.3f}, ECE {m['ece']:.3f})",
+            f"  target test accuracy  {_pct(m['accuracy'])}   ({m['method']}, {_labels(m['labels_per_class'])}, "
+            f"{m['n_test']} test images, macro-F1 {m['macro_f1']:.3f}, ECE {m['ece']:.3f})",
             f"  source-only baseline  {_pct(m.get('source_only_accuracy'))}",
             f"  from-scratch baseline {_pct(m.get('from_scratch_accuracy'))}",
             f"  transfer gain         {'   n/a' if gain is None else f'{100 * gain:+5.1f}'} points",
             f"  registered model      {registered}",
             f"  gate                  {'promoted to champion' if r['promoted'] else 'not promoted'}: {r['reason']}",
-            f"  outputs               {paths.root}/ (metrics: {paths.stage('evaluate')}/metrics.json)",
+            f"  outputs               {outputs}",
             f"  MLflow UI             {ui}",
             "",
         ]
@@ -50,4 +72,6 @@ def summary_text(cfg: Config, tracking_uri: str) -> str:
 
 
 def print_summary(cfg: Config, tracking_uri: str) -> None:
-    print(summary_text(cfg, tracking_uri))
+    paths = Paths.from_config(cfg)
+    outputs = f"{paths.root}/ (metrics: {paths.stage('evaluate')}/metrics.json)"
+    print(summary_text(paths.stage("evaluate"), paths.stage("register"), outputs, tracking_uri))

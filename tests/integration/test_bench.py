@@ -14,13 +14,13 @@ def test_methods_benchmark_report_and_mlflow_runs(tiny_cfg, tmp_path):
     report = methods(
         tiny_cfg,
         1,
-        ["finetune", "coral"],
+        ["full_finetune", "coral"],
         curve=(0, 2),
         out_dir=tmp_path / "reports",
         tracker=MlflowTracker(tiny_cfg.mlflow),
     )
     assert report["seeds"] == 1 and report["best_unsupervised"] == "coral"
-    assert report["methods"]["finetune"]["labels_per_class"] == 2  # supervised: the default k
+    assert report["methods"]["full_finetune"]["labels_per_class"] == 2  # supervised: the default k
     assert report["methods"]["coral"]["labels_per_class"] == 0  # unsupervised DA: k = 0 first
     assert [(e["method"], e["labels_per_class"]) for e in report["extra"]] == [("coral", 2)]
     for entry in (*report["methods"].values(), *report["extra"]):
@@ -29,8 +29,8 @@ def test_methods_benchmark_report_and_mlflow_runs(tiny_cfg, tmp_path):
     assert report["baselines"]["from_scratch"]["labels_per_class"] == 2
     curve = report["curve"]
     assert curve["labels_per_class"] == [0, 2]
-    assert curve["from_scratch"][0] is None and curve["finetune"][0] is None and curve["coral"][0] is not None
-    assert curve["finetune"][1] == pytest.approx(report["methods"]["finetune"]["accuracy_mean"])
+    assert curve["from_scratch"][0] is None and curve["full_finetune"][0] is None and curve["coral"][0] is not None
+    assert curve["full_finetune"][1] == pytest.approx(report["methods"]["full_finetune"]["accuracy_mean"])
     out = tmp_path / "reports"
     assert json.loads((out / "methods.json").read_text()) == report
     assert "| coral | 0 |" in (out / "methods.md").read_text()
@@ -40,5 +40,5 @@ def test_methods_benchmark_report_and_mlflow_runs(tiny_cfg, tmp_path):
     runs = mlflow.search_runs(experiment_names=[tiny_cfg.mlflow.experiment], output_format="list")
     (parent,) = [r for r in runs if r.info.run_name == "benchmark-methods"]
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert set(children) == {"finetune", "coral", "coral@k=2", "baseline/source_only", "baseline/from_scratch"}
+    assert set(children) == {"full_finetune", "coral", "coral@k=2", "baseline/source_only", "baseline/from_scratch"}
     assert children["coral"].data.metrics["accuracy_mean"] == pytest.approx(report["methods"]["coral"]["accuracy_mean"])

@@ -76,7 +76,10 @@ def test_submit_sends_the_pipeline_spec_and_parameters(kfp_server, tmp_path):
     assert spec["pipelineInfo"]["name"] == "transferops-transfer"
     assert "kubernetes" in run["pipeline_spec"]["platform_spec"]["platforms"]
     assert set(spec["root"]["dag"]["tasks"]) >= {"ingest", "pretrain", "finetune", "evaluate"}
-    assert run["runtime_config"]["parameters"] == {"overrides": ["finetune.epochs=2"]}
+    # --set is compiled in (the run uses the pipeline's defaults), not passed as a run-time override
+    assert run["runtime_config"]["parameters"] == {}
+    params = json.loads(spec["root"]["inputDefinitions"]["parameters"]["params_json"]["defaultValue"])
+    assert params["finetune"]["epochs"] == 2
 
 
 def test_schedule_sends_a_six_field_cron_with_concurrency_one_and_no_catchup(kfp_server):

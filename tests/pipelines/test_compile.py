@@ -12,10 +12,10 @@ from tests.conftest import REPO
 pytest.importorskip("kfp")
 
 
-def _compile(params: Path, out: Path) -> dict:
+def _compile(params: Path, out: Path, overrides=()) -> dict:
     from pipelines.transfer_pipeline import compile_pipeline
 
-    compile_pipeline(params, out)
+    compile_pipeline(params, out, overrides)
     docs = list(yaml.safe_load_all(out.read_text()))
     return {"spec": docs[0], "platform": docs[1] if len(docs) > 1 else {}}
 
@@ -88,7 +88,7 @@ def test_parameters_default_from_params_json(tmp_path):
     shutil.copy(REPO / "params.yaml", params)
     text = params.read_text()
     params.write_text(
-        text.replace("method: finetune        #", "method: mcc             #")
+        text.replace("method: full_finetune   #", "method: mcc             #")
         .replace("  seed: 0", "  seed: 7")
         .replace('cpu_limit: "8"', 'cpu_limit: "12"')
         .replace("node_selector: {}     # e.g.", "node_selector: {pool: gpu-spot}     # e.g.")
@@ -105,9 +105,41 @@ def test_parameters_default_from_params_json(tmp_path):
     assert any(e["container"].get("resources", {}).get("cpuLimit") == 12 for e in executors.values())
 
 
+def test_every_task_reads_its_run_id_from_its_pod_label(compiled):
+    k8s = compiled["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(k8s) == 5
+    for (
+        executor
+    ) in k8s.values():  # the key of training state and of the MLflow parent run, without a cache-busting input
+        assert {"name": "TRANSFEROPS_RUN_KEY", "fieldPath": "metadata.labels['pipeline/runid']"} in executor[
+            "fieldPathAsEnv"
+        ]
+
+
+def test_set_applies_at_compile_time_and_kfp_keys_are_refused_at_run_time(tmp_path):
+    from transferops import kfp_io
+    from transferops.errors import ConfigError
+
+    sel = ["kfp.gpu.node_selector={cloud.google.com/gke-nodepool: gpu-spot}", "kfp.retries=5", "finetune.epochs=2"]
+    compiled = _compile(REPO / "params.yaml", tmp_path / "p.yaml", sel)
+    k8s = compiled["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    selectors = [e.get("nodeSelector", {}).get("labels") for e in k8s.values()]
+    assert selectors.count({"cloud.google.com/gke-nodepool": "gpu-spot"}) == 3  # the three GPU tasks
+    assert _tasks(compiled["spec"])["finetune"]["retryPolicy"]["maxRetryCount"] == 5
+    params = compiled["spec"]["root"]["inputDefinitions"]["parameters"]["params_json"]["defaultValue"]
+    assert json.loads(params)["finetune"]["epochs"] == 2
+    with pytest.raises(ConfigError) as e:  # a run-time override of a compiled-in setting fails, with why
+        kfp_io.component_config(params, 0, "finetune", 1, ["kfp.retries=1"])
+    assert "cannot take effect here" in str(e.value) and "\n" not in str(e.value)
+    assert kfp_io.component_config(params, 3, "mcc", 0, ["finetune.lr=0.01"]).finetune.lr == 0.01
+
+
 def test_cli_compile_writes_the_default_path(tmp_path, monkeypatch):
     from transferops.cli import main
 
     out = tmp_path / "x.yaml"
     assert main(["pipeline", "compile", "--params", str(REPO / "params.yaml"), "--out", str(out)]) == 0
     assert "pipelineInfo" in out.read_text()
+    sel = "kfp.gpu.node_selector={pool: gpu-a100}"
+    assert main(["pipeline", "compile", "--params", str(REPO / "params.yaml"), "--out", str(out), "--set", sel]) == 0
+    assert "gpu-a100" in out.read_text()

@@ -73,6 +73,7 @@ def test_dvc_push_pull_through_s3_remote(s3, tmp_path):
     repo, env = dvc_repo(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     def sh(*cmd):
+        cmd = (str(repo / ".venv" / "bin" / "dvc"), *cmd[1:]) if cmd[0] == "dvc" else cmd
         r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, f"{cmd}: {r.stdout[-1500:]}\n{r.stderr[-2500:]}"
         return r.stdout

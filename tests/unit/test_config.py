@@ -68,8 +68,8 @@ def test_overrides_parse_like_dvc_exp_run():
         ["ingest", "target", "split", "labels_per_class"],
         None,
     )
-    cfg = config_from_dict({}, ["finetune.epochs=2", "finetune.finetune.backbone_lr_mult=0.5", "pretrain.lr=1e-2"])
-    assert cfg.finetune.epochs == 2 and cfg.finetune.finetune.backbone_lr_mult == 0.5
+    cfg = config_from_dict({}, ["finetune.epochs=2", "finetune.full_finetune.backbone_lr_mult=0.5", "pretrain.lr=1e-2"])
+    assert cfg.finetune.epochs == 2 and cfg.finetune.full_finetune.backbone_lr_mult == 0.5
     assert cfg.pretrain.lr == 0.01  # an int-looking YAML float is accepted for a float field
     with pytest.raises(ConfigError, match="expected section.key=value"):
         parse_override("finetune.epochs")
@@ -98,3 +98,29 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("base: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_an_unknown_key_given_with_set_is_blamed_on_set_not_the_file():
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "params.yaml", ["finetune.epoch=2"])
+    msg = str(e.value)
+    assert msg.startswith("--set: unknown key 'finetune.epoch'") and "params.yaml" not in msg
+
+
+def test_the_kfp_section_belongs_to_the_kubeflow_adapter():
+    from transferops.kubeflow.settings import load_kfp_config
+
+    assert not hasattr(load_config(REPO / "params.yaml"), "kfp")  # the core config knows no cluster
+    kfp = load_kfp_config(REPO / "params.yaml", ["kfp.distributed.nodes=2"])
+    assert kfp.gpu.accelerator_type == "nvidia.com/gpu" and kfp.distributed.nodes == 2
+    with pytest.raises(ConfigError, match="kfp.gpu.memory_limitt"):
+        load_kfp_config(REPO / "params.yaml", ["kfp.gpu.memory_limitt=1Gi"])
+    with pytest.raises(ConfigError, match="cannot take effect here"):
+        load_config(REPO / "params.yaml", ["kfp.retries=1"])
+
+
+def test_the_renamed_method_and_section_say_what_they_are_called_now():
+    with pytest.raises(ConfigError, match="finetune.method: 'finetune' was renamed 'full_finetune'"):
+        config_from_dict({"finetune": {"method": "finetune"}})
+    with pytest.raises(ConfigError, match="finetune.finetune: renamed finetune.full_finetune"):
+        config_from_dict({"finetune": {"finetune": {"backbone_lr_mult": 0.5}}})

@@ -45,7 +45,7 @@ def _train(model, strategy, streams=("labeled",), steps=6, lr=1e-2, epochs=1):
 
 
 def test_every_method_is_registered():
-    assert set(STRATEGIES) == {"linear_probe", "finetune", "l2sp", "kd", "joint", "dann", "mmd", "coral", "mcc"}
+    assert set(STRATEGIES) == {"linear_probe", "full_finetune", "l2sp", "kd", "joint", "dann", "mmd", "coral", "mcc"}
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         get_strategy("nope", LinearProbeConfig())
 
@@ -95,7 +95,9 @@ def test_cached_features_equal_a_fresh_forward_pass_and_train_the_same_head():
 # ---------------------------------------------------------------------------------------------- finetune
 def test_finetune_uses_discriminative_and_layerwise_lrs_and_freezes_first_stages():
     model = create_model("smallcnn", 3, width=8)
-    strategy = get_strategy("finetune", FinetuneMethodConfig(backbone_lr_mult=0.1, layer_decay=0.5, freeze_stages=1))
+    strategy = get_strategy(
+        "full_finetune", FinetuneMethodConfig(backbone_lr_mult=0.1, layer_decay=0.5, freeze_stages=1)
+    )
     strategy.prepare(model, ctx())
     head = model.head  # same classes and reinit_head false: the source head is kept
     groups = strategy.param_groups(model, 1e-2)
@@ -110,7 +112,7 @@ def test_finetune_uses_discriminative_and_layerwise_lrs_and_freezes_first_stages
 
 def test_gradual_unfreezing_opens_one_stage_from_the_top_per_period():
     model = create_model("smallcnn", 3, width=8)
-    strategy = get_strategy("finetune", FinetuneMethodConfig(unfreeze_every=2))
+    strategy = get_strategy("full_finetune", FinetuneMethodConfig(unfreeze_every=2))
     strategy.prepare(model, ctx())
 
     def trainable():
@@ -129,7 +131,7 @@ def test_gradual_unfreezing_opens_one_stage_from_the_top_per_period():
 
 def test_finetune_with_zero_backbone_multiplier_trains_only_the_head():
     model = create_model("smallcnn", 3, width=8)
-    strategy = get_strategy("finetune", FinetuneMethodConfig(backbone_lr_mult=0.0))
+    strategy = get_strategy("full_finetune", FinetuneMethodConfig(backbone_lr_mult=0.0))
     strategy.prepare(model, ctx())
     assert len(strategy.param_groups(model, 1e-2)) == 1
     assert not any(p.requires_grad for p in model.backbone.parameters())

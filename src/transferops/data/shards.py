@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from transferops.config import SplitConfig
 from transferops.errors import DataError
+from transferops.lineage import file_sha256
 
 if TYPE_CHECKING:
     from transferops.data.sources import Source
@@ -41,12 +42,6 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("labeled", "unlabeled", "val", "test")
 MANIFEST = "manifest.json"
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, streamed (never the whole file in memory)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ splits

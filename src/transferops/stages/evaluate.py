@@ -97,6 +97,11 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
             )
             write_json(out / "result.json", result.to_file())
             tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
+            tracker.set_tags(
+                {"transferops.n_test": str(len(test)), "transferops.labels_per_class": str(made["labels_per_class"])}
+            )
+            headline = ("accuracy", "transfer_gain", "source_only_accuracy", "from_scratch_accuracy", "macro_f1", "ece")
+            tracker.log_to_parent({k: metrics[k] for k in headline if metrics.get(k) is not None})
             tracker.log_metrics({f"class_{c}_accuracy": a for c, a in report["per_class_accuracy"].items()})
             for name in ("confusion_matrix.png", "reliability.png", "metrics.json"):
                 tracker.log_artifact(out / name, "evaluation")

@@ -162,9 +162,12 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
             "ingest", {"source": str(paths.source_data), "target": str(paths.target_data)}, metrics, tracker.run_id, lin
         )
         write_json(out / "result.json", result.to_file())
-        tracker.log_metrics(metrics)
         tracker.set_tags(
-            {"transferops.source_version": lin["source_version"], "transferops.target_version": lin["target_version"]}
+            {
+                "transferops.source_version": lin["source_version"],
+                "transferops.target_version": lin["target_version"],
+                **{f"transferops.{k}": str(v) for k, v in metrics.items()},  # counts: tags, not charts
+            }
         )
         tracker.log_datasets(manifests)
         for domain in DOMAINS:

@@ -248,6 +248,10 @@ def write_outputs(
     registration = {**outcome_dict(name, outcome), "tracking_uri": safe_uri(tracker.uri), "run_id": tracker.run_id}
     d = outcome.decision
     tracker.log_metrics({"candidate_accuracy": d.candidate_accuracy})
+    tracker.log_to_parent(
+        {"promoted": float(d.promote)},
+        {"transferops.model_name": name, "transferops.model_version": outcome.version or "none"},
+    )
     tracker.set_tags(
         {
             "transferops.model_name": name,

@@ -23,6 +23,7 @@ from transferops.errors import TrackingError
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "TRANSFEROPS_PARENT_RUN_ID"
+EXECUTION_TAG = "transferops.execution"
 DEFAULT_DB = "mlflow.db"
 
 
@@ -75,6 +76,9 @@ class NullTracker:
     def log_datasets(self, manifests: dict[str, dict[str, Any]], root: Path | None = None) -> None:
         pass
 
+    def log_to_parent(self, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
+        pass
+
 
 class MlflowTracker(NullTracker):
     """MLflow-backed tracker; see the module docstring for how the URI and parent run are chosen."""
@@ -91,6 +95,7 @@ class MlflowTracker(NullTracker):
         mlflow.set_tracking_uri(self.uri)
         self.experiment_id = self._experiment(cfg.experiment)
         self.parent_run_id = parent_run_id or os.environ.get(PARENT_ENV) or None
+        self.owns_parent_status = False
         self.run_id: str | None = None
 
     def _experiment(self, name: str) -> str:
@@ -114,23 +119,69 @@ class MlflowTracker(NullTracker):
                 f"{safe_uri(self.uri)}: MLflow tracking server unreachable or refused ({_first_line(exc)})"
             ) from None
 
-    def start_pipeline_run(self, name: str, cfg: Config) -> str:
-        """Create the parent run of one pipeline execution; returns its id (left open)."""
+    def start_pipeline_run(
+        self, name: str | None, cfg: Config, execution: str | None = None, pid: int | None = None
+    ) -> str:
+        """Create the parent run of one pipeline execution; returns its id (left open).
+
+        Named ``<method>-k<labels>-seed<seed>`` unless ``name`` is given, with a description saying what ran;
+        ``execution`` tags it so the stages of the same execution (DVC, Kubeflow) find it again.
+        """
         client = self.mlflow.MlflowClient()
         tags = {
             "transferops.kind": "pipeline",
             "transferops.host": socket.gethostname(),
-            "transferops.pid": str(os.getpid()),
+            "transferops.pid": str(pid or os.getpid()),
+            "mlflow.note.content": pipeline_description(cfg),
         }
-        run = client.create_run(self.experiment_id, run_name=name, tags=tags)
+        if execution:
+            tags[EXECUTION_TAG] = execution
+        run = client.create_run(self.experiment_id, run_name=name or pipeline_run_name(cfg), tags=tags)
         self.parent_run_id = run.info.run_id
-        for key, value in flatten(cfg.to_dict()).items():
-            client.log_param(self.parent_run_id, key, value)
+        from mlflow.entities import Param
+
+        params = [Param(k, str(v)[:6000]) for k, v in flatten(cfg.to_dict()).items()]
+        for start in range(0, len(params), 100):  # the API's limit per batch
+            client.log_batch(self.parent_run_id, params=params[start : start + 100])
         return self.parent_run_id
 
     def end_pipeline_run(self, status: str = "FINISHED") -> None:
         if self.parent_run_id:
             self.mlflow.MlflowClient().set_terminated(self.parent_run_id, status)
+
+    def attach_execution(self, cfg: Config) -> None:
+        """Find or create the parent run of the execution this stage belongs to (when it is not given).
+
+        A DVC pipeline (``dvc repro``, ``dvc exp run``) is identified by its ``dvc`` process and a Kubeflow run
+        by its run id (``TRANSFEROPS_RUN_KEY``): every stage of one execution then nests under one parent run,
+        whichever path started it. The parent's status follows its stages (RUNNING while one runs).
+        """
+        if self.parent_run_id:
+            return
+        execution, owner = execution_key()
+        if execution is None:
+            return
+        client = self.mlflow.MlflowClient()
+        found = client.search_runs(
+            [self.experiment_id], f"tags.`{EXECUTION_TAG}` = '{execution}'", max_results=1, order_by=["start_time ASC"]
+        )
+        if found:
+            self.parent_run_id = found[0].info.run_id
+            client.update_run(self.parent_run_id, status="RUNNING")
+        else:
+            self.start_pipeline_run(None, cfg, execution, pid=owner)
+        self.owns_parent_status = True
+
+    def log_to_parent(self, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
+        """Headline results on the parent run (what a reviewer sees in the runs table)."""
+        if not self.parent_run_id:
+            return
+        client = self.mlflow.MlflowClient()
+        for key, value in (metrics or {}).items():
+            if isinstance(value, int | float) and value == value:
+                client.log_metric(self.parent_run_id, key, float(value))
+        for key, value in (tags or {}).items():
+            client.set_tag(self.parent_run_id, key, value)
 
     @contextlib.contextmanager
     def stage_run(
@@ -142,6 +193,7 @@ class MlflowTracker(NullTracker):
         one, so a training killed and resumed is one run in the UI. Runs of this stage left RUNNING by a
         process of this machine that no longer exists are marked KILLED first.
         """
+        self.attach_execution(cfg)
         self._reap_dead_runs(stage, keep=resume_run_id)
         resumed = resume_run_id is not None and self._run_exists(resume_run_id)
         all_tags = {
@@ -158,6 +210,7 @@ class MlflowTracker(NullTracker):
             log.info("%s: continuing MLflow run %s of the interrupted training", stage, resume_run_id)
         else:
             run = self.mlflow.start_run(experiment_id=self.experiment_id, run_name=stage, tags=all_tags)
+        status = "FAILED"
         with run:
             self.run_id = run.info.run_id
             if not resumed:
@@ -165,8 +218,11 @@ class MlflowTracker(NullTracker):
                 self.mlflow.log_text(dump_config(cfg), "config/params.resolved.yaml")
             try:
                 yield self
+                status = "FINISHED"
             finally:
                 self.run_id = None
+                if self.owns_parent_status:
+                    self.mlflow.MlflowClient().set_terminated(self.parent_run_id, status)
 
     def _run_exists(self, run_id: str) -> bool:
         try:
@@ -231,6 +287,50 @@ class MlflowTracker(NullTracker):
             inputs.append(DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[tag]))
         if self.parent_run_id:
             self.mlflow.MlflowClient().log_inputs(self.parent_run_id, datasets=inputs)
+
+
+def pipeline_run_name(cfg: Config) -> str:
+    """``<method>-k<labels per class>-seed<seed>``: what a reviewer scans for in the runs table."""
+    k = cfg.ingest.target.split.labels_per_class
+    return f"{cfg.finetune.method}-k{'all' if k is None else k}-seed{cfg.base.seed}"
+
+
+def pipeline_description(cfg: Config) -> str:
+    """The parent run's description (markdown, shown on its page)."""
+    k = cfg.ingest.target.split.labels_per_class
+    src, tgt = cfg.ingest.source, cfg.ingest.target
+    return (
+        f"transferops pipeline: a `{cfg.model.name}` pretrained on `{src.kind}`{' ' + src.path if src.path else ''} "
+        f"and transferred to `{tgt.kind}`{' ' + tgt.path if tgt.path else ''} with **{cfg.finetune.method}**, "
+        f"{'all' if k is None else k} labelled target image(s) per class, seed {cfg.base.seed}. Each stage is a "
+        "nested run; the headline metrics (accuracy, transfer gain, promoted) are on this run."
+    )
+
+
+def execution_key() -> tuple[str | None, int | None]:
+    """(what identifies the pipeline execution this process belongs to, the pid that owns it) or (None, None).
+
+    A Kubeflow run: its run id. A DVC execution: the ``dvc`` process that runs the stages (DVC sets
+    ``DVC_STAGE`` for them), with its start time so a recycled pid is another execution.
+    """
+    run_key = os.environ.get("TRANSFEROPS_RUN_KEY")
+    if run_key:
+        return f"kfp:{run_key}", None
+    if not os.environ.get("DVC_STAGE"):
+        return None, None
+    pid = os.getppid()
+    for _ in range(8):  # dvc -> shell -> launcher -> python: a few levels at most
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None, None
+        if any(part.endswith((b"/dvc", b"dvc")) or part == b"dvc" for part in cmdline[:2]):
+            return f"dvc:{socket.gethostname()}:{pid}:{stat[19]}", pid
+        pid = int(stat[1])
+        if pid <= 1:
+            break
+    return None, None
 
 
 def _alive(pid: int) -> bool:

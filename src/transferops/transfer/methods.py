@@ -47,7 +47,7 @@ def _stage_params(model: TransferNet) -> list[list[nn.Parameter]]:
     return [[p for m in stage for p in m.parameters()] for stage in model.stages()]
 
 
-@register("finetune")
+@register("full_finetune")
 class Finetune(Strategy):
     """Fine-tune the source model: full or partial, with discriminative and layer-wise learning rates.
 

@@ -1,0 +1,57 @@
+"""``transferops pipeline compile | run-local | submit | schedule``: the Kubeflow adapter's command line.
+
+It lives beside the DAG it drives; the ``transferops`` command line adds it when it runs from a checkout.
+``--set`` is applied when the pipeline is compiled, for every action: ``kfp.*`` keys change node pools,
+retries, caching and secrets in the compiled YAML, the others change the parameter defaults baked into it.
+Nothing here imports kfp until an action runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+ACTIONS = {
+    "compile": "write the IR YAML (default pipelines/transfer_pipeline.yaml)",
+    "run-local": "run the DAG with kfp.local in this environment, then print its summary",
+    "submit": "compile and start a run on a KFP server (kfp.Client)",
+    "schedule": "compile and create a recurring run on a KFP server",
+}
+
+
+def add_parser(sub, common: argparse.ArgumentParser) -> None:
+    """Add ``pipeline`` and its actions to the ``transferops`` subcommands."""
+    pipe = sub.add_parser("pipeline", help="the Kubeflow Pipelines DAG: compile, run-local, submit, schedule")
+    actions = pipe.add_subparsers(dest="action", required=True)
+    for action, text in ACTIONS.items():
+        p = actions.add_parser(action, parents=[common], help=text, description=text)
+        if action == "compile":
+            p.add_argument("--out", type=Path, default=None)
+        if action == "run-local":
+            p.add_argument("--pipeline-root", type=Path, default=Path("artifacts/kfp-local"))
+            p.add_argument("--cache", action="store_true", help="enable kfp.local caching")
+        if action in ("submit", "schedule"):
+            p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+            p.add_argument("--experiment", default="transferops")
+        if action == "schedule":
+            p.add_argument("--cron", default=None, help='6-field cron, seconds first (default kfp.cron: "0 0 3 * * *")')
+        p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipelines import transfer_pipeline as p
+
+    overrides = list(args.set)
+    p.resolve(args.params, overrides)  # validate first: a bad params file or --set fails with one line
+    if args.action == "compile":
+        print(p.compile_pipeline(args.params, args.out or p.DEFAULT_OUT, overrides))
+    elif args.action == "run-local":
+        p.run_local(args.params, args.pipeline_root, cache=args.cache, overrides=overrides)
+        print(p.local_summary(args.params, args.pipeline_root, overrides))
+    elif args.action == "submit":
+        run = p.submit(args.host, args.params, experiment=args.experiment, overrides=overrides)
+        print(f"submitted run {run.run_id}")
+    elif args.action == "schedule":
+        job = p.schedule(args.host, args.params, args.cron, args.experiment, overrides=overrides)
+        print(f"scheduled recurring run {getattr(job, 'recurring_run_id', job)}")
+    return 0

@@ -1,0 +1,128 @@
+"""The ``kfp:`` section of params.yaml: node pools, retries, caching, secrets, schedule, distribution.
+
+Only the Kubeflow adapter reads it (the core :mod:`transferops.config` knows no cluster), with the same
+parsing rules as every other section (:func:`transferops.config.build_section`). It ships in the library
+because the Kubeflow components, which run in the image, need parts of it at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from transferops.config import DEFAULT_PARAMS, _check, apply_overrides, build_section, read_params
+from transferops.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """Multi-node training on the cluster: pretrain and finetune run as a Kubeflow Trainer TrainJob."""
+
+    nodes: int = 0
+    """Nodes of the TrainJob; 0 = off (train in the task's own pod, on ``gpu.accelerator_limit`` GPUs)."""
+    gpus_per_node: int = 1
+    """Processes (one per GPU) on each node: M nodes x N GPUs run under torchrun."""
+    runtime: str = "torch-distributed"
+    """The ClusterTrainingRuntime the TrainJob refers to (installed with the Trainer)."""
+    timeout_hours: float = 48.0
+    """The task fails when the TrainJob has not finished after this long."""
+
+    def __post_init__(self) -> None:
+        _check(self.nodes >= 0, "nodes", "an int >= 0", self.nodes)
+        _check(self.gpus_per_node >= 1, "gpus_per_node", "an int >= 1", self.gpus_per_node)
+        _check(self.timeout_hours > 0, "timeout_hours", "a float > 0", self.timeout_hours)
+
+    @property
+    def enabled(self) -> bool:
+        return self.nodes > 0
+
+
+@dataclass(frozen=True)
+class TolerationConfig:
+    key: str = "nvidia.com/gpu"
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str = ""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""] = "NoSchedule"
+
+
+@dataclass(frozen=True)
+class NodePoolConfig:
+    """Where and with what resources a group of Kubeflow tasks runs."""
+
+    accelerator_type: str = ""
+    """e.g. nvidia.com/gpu; empty = no accelerator."""
+    accelerator_limit: int = 0
+    cpu_request: str = "1"
+    cpu_limit: str = "2"
+    memory_request: str = "2Gi"
+    memory_limit: str = "4Gi"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[TolerationConfig] = field(default_factory=list)
+    shm_size: str = ""
+    """Size of an in-memory emptyDir mounted at /dev/shm (DataLoader workers need more than the default)."""
+
+
+@dataclass(frozen=True)
+class SecretConfig:
+    """A Kubernetes secret whose keys become environment variables of every task."""
+
+    name: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    """secret key -> environment variable name."""
+
+
+@dataclass(frozen=True)
+class KfpConfig:
+    """The Kubeflow Pipelines DAG: node pools, retries, caching, secrets, schedule."""
+
+    pipeline_name: str = "transferops-transfer"
+    gpu: NodePoolConfig = field(
+        default_factory=lambda: NodePoolConfig(
+            "nvidia.com/gpu", 1, "4", "8", "16Gi", "32Gi", {}, [TolerationConfig()], "8Gi"
+        )
+    )
+    """pretrain, finetune, evaluate."""
+    cpu: NodePoolConfig = field(default_factory=NodePoolConfig)
+    """ingest, register."""
+    retries: int = 3
+    """Retries of the GPU tasks: spot nodes get preempted. A retried pod resumes training from its state when
+    base.state_uri points outside the pod (S3 or a mounted volume)."""
+    backoff_duration: str = "60s"
+    backoff_factor: float = 2.0
+    cache_ingest: bool = True
+    cache_training: bool = True
+    """Cache pretrain/finetune/evaluate: the cache key is their inputs (params and upstream artifacts)."""
+    secrets: list[SecretConfig] = field(default_factory=list)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    cron: str = "0 0 3 * * *"
+    """Recurring runs: KFP's 6-field cron (seconds first)."""
+    max_concurrency: int = 1
+    catchup: bool = False
+    namespace: str = "kubeflow"
+    """Namespace of the Trainer jobs the pipeline creates when ``distributed`` is on."""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.retries >= 0, "retries", "an int >= 0", self.retries)
+        _check(bool(self.namespace), "namespace", "a Kubernetes namespace", self.namespace)
+        _check(len(self.cron.split()) == 6, "cron", "a 6-field cron expression (seconds first)", self.cron)
+        _check(self.max_concurrency >= 1, "max_concurrency", "an int >= 1", self.max_concurrency)
+
+
+def kfp_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> KfpConfig:
+    """The ``kfp`` section of a parsed params mapping, with ``kfp.*`` overrides applied."""
+    mine = [o for o in overrides or [] if o.split("=", 1)[0].strip().startswith("kfp.")]
+    data = apply_overrides(data, mine)
+    section = data.get("kfp") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"kfp: expected a mapping (section), got {section!r}")
+    return build_section(KfpConfig, section, "kfp")
+
+
+def load_kfp_config(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> KfpConfig:
+    """Read and validate the ``kfp`` section of a params file; errors name the file and key."""
+    try:
+        return kfp_from_dict(read_params(path), overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{Path(path)}: {exc}") from None
