@@ -42,11 +42,11 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def run_stage(name: str, cfg: Config, restart: bool = False):
-    """Run one stage with the MLflow tracker."""
+    """Run one stage with the MLflow tracker (under torchrun, rank 0 alone tracks)."""
     from transferops.stages import run_stage as run
     from transferops.tracking import make_tracker
 
-    return run(name, cfg, make_tracker(cfg), restart)
+    return run(name, cfg, make_tracker(cfg, enabled=os.environ.get("RANK", "0") == "0"), restart)
 
 
 def cmd_stage(args: argparse.Namespace) -> int:

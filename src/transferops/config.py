@@ -171,6 +171,8 @@ class ModelConfig:
     input_size: int = 0
     """Side of the images the network sees; 0 = the stored size (ingest.image_size). Smaller: training crops
     (crop_flip: random-resized crop; other policies: a random crop) and evaluation takes the centre crop."""
+    norm: Literal["batch", "group"] = "batch"
+    """smallcnn: BatchNorm, or GroupNorm (independent of the batch: small per-GPU batches, exact DDP)."""
 
     def __post_init__(self) -> None:
         _check(self.width > 0, "width", "an int > 0", self.width)
@@ -209,6 +211,8 @@ class TrainConfig:
     """Read the running loss from the device (a host-device sync) every N steps and at epoch ends."""
     prefetch: int = 2
     """Batches assembled ahead in a background thread (pinned memory on CUDA); 0 = in the loop."""
+    sync_bn: bool = False
+    """Under data parallelism (torchrun), normalise BatchNorm over the global batch (GPUs only)."""
     select_best: bool = True
     """Keep the weights of the epoch with the best validation accuracy, not the last. In finetune this uses
     the labelled target val split only when the target has labelled training images: with none (k = 0,

@@ -34,9 +34,29 @@ def generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _u(g: torch.Generator, n: int, k: int, device) -> torch.Tensor:
-    """(n, k) uniforms in [-1, 1]."""
-    return (torch.rand(n, k, generator=g) * 2 - 1).to(device)
+class Draws:
+    """The random draws of one step, made for the **global** batch and cut to the rows this process holds.
+
+    Under data parallelism each rank transforms its slice of the global batch; drawing for the whole batch
+    and keeping ``rows`` gives every image the jitter it would get in a single process, so the result does
+    not depend on the number of processes. Every rank draws the same tensors in the same order, so the
+    generator stays in step across ranks.
+    """
+
+    def __init__(self, g: torch.Generator, n: int, total: int | None = None, rows: torch.Tensor | None = None):
+        self.g, self.total, self.rows = g, total or n, rows
+
+    def _cut(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.rows is None else t[self.rows]
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        return self._cut(torch.rand(self.total, *shape, generator=self.g))
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return self._cut(torch.randn(self.total, *shape, generator=self.g))
+
+    def randint(self, high: int, *shape: int) -> torch.Tensor:
+        return self._cut(torch.randint(0, high, (self.total, *shape), generator=self.g))
 
 
 def _warp(x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -46,10 +66,10 @@ def _warp(x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int] | None = N
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def affine(x: torch.Tensor, g: torch.Generator, out_size: int) -> torch.Tensor:
+def affine(x: torch.Tensor, d: Draws, out_size: int) -> torch.Tensor:
     """Rotation +-12 deg, scale 0.9-1.1, shift +-10 %, shear +-0.15 per image."""
     n = x.shape[0]
-    u = torch.rand(n, 5, generator=g) * 2 - 1
+    u = d.rand(5) * 2 - 1
     angle = u[:, 0] * math.radians(12)
     scale = 1 + 0.1 * u[:, 1]
     shear = 0.15 * u[:, 2]
@@ -64,11 +84,11 @@ def affine(x: torch.Tensor, g: torch.Generator, out_size: int) -> torch.Tensor:
     return _warp(x, theta)
 
 
-def crop_flip(x: torch.Tensor, g: torch.Generator, out_size: int) -> torch.Tensor:
+def crop_flip(x: torch.Tensor, d: Draws, out_size: int) -> torch.Tensor:
     """Random-resized crop (8-100 % of the area, aspect 3/4-4/3) to ``out_size``, then a horizontal flip
     with probability 0.5 (torchvision's RandomResizedCrop + RandomHorizontalFlip, in one resampling)."""
     n = x.shape[0]
-    r = torch.rand(n, 5, generator=g)
+    r = d.rand(5)
     area = 0.08 + 0.92 * r[:, 0]
     log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * r[:, 1]
     ratio = torch.exp(log_ratio)
@@ -104,13 +124,13 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     )
 
 
-def photometric(x: torch.Tensor, g: torch.Generator, out_size: int) -> torch.Tensor:
+def photometric(x: torch.Tensor, d: Draws, out_size: int) -> torch.Tensor:
     """Polarity, brightness/contrast, colours, blur and noise: the ways real targets differ beyond shape."""
     n, c = x.shape[:2]
     dev = x.device
-    r = torch.rand(n, 8, generator=g).to(dev)
-    col = torch.rand(n, 2, 3, generator=g).to(dev)
-    noise_g = torch.randn(x.shape, generator=g).to(dev, x.dtype)
+    r = d.rand(8).to(dev)
+    col = d.rand(2, 3).to(dev)
+    noise_g = d.randn(*x.shape[1:]).to(dev, x.dtype)
     view = (n, 1, 1, 1)
     invert = (r[:, 0] < 0.5).view(view)
     x = torch.where(invert, 1 - x, x)
@@ -130,12 +150,12 @@ def photometric(x: torch.Tensor, g: torch.Generator, out_size: int) -> torch.Ten
     return x.clamp(0, 1)
 
 
-def randaug(x: torch.Tensor, g: torch.Generator, out_size: int) -> torch.Tensor:
+def randaug(x: torch.Tensor, d: Draws, out_size: int) -> torch.Tensor:
     """Two operations per image from a fixed list at a fixed magnitude (RandAugment, N=2, M~9/30)."""
     n, c = x.shape[:2]
     dev = x.device
-    ops = torch.randint(0, 10, (n, 2), generator=g)
-    u = torch.rand(n, 2, generator=g) * 2 - 1
+    ops = d.randint(10, 2)
+    u = d.rand(2) * 2 - 1
     sign = torch.where(u < 0, -1.0, 1.0)
     for k in range(2):
         op, s = ops[:, k], sign[:, k]
@@ -169,8 +189,8 @@ def randaug(x: torch.Tensor, g: torch.Generator, out_size: int) -> torch.Tensor:
     return x
 
 
-POLICIES: dict[str, Callable[[torch.Tensor, torch.Generator, int], torch.Tensor]] = {
-    "none": lambda x, g, size: x,
+POLICIES: dict[str, Callable[[torch.Tensor, Draws, int], torch.Tensor]] = {
+    "none": lambda x, d, size: x,
     "affine": affine,
     "crop_flip": crop_flip,
     "randaug": randaug,
@@ -195,12 +215,25 @@ def fit(x: torch.Tensor, size: int, g: torch.Generator | None = None) -> torch.T
     return x[..., top : top + size, left : left + size]
 
 
-def train_transform(x: torch.Tensor, policy: str, seed: int, step: int, input_size: int = 0) -> torch.Tensor:
-    """Apply ``policy`` (``a+b`` applies a then b) and bring the result to ``input_size`` (0 = keep)."""
+def train_transform(
+    x: torch.Tensor,
+    policy: str,
+    seed: int,
+    step: int,
+    input_size: int = 0,
+    rows: torch.Tensor | None = None,
+    total: int | None = None,
+) -> torch.Tensor:
+    """Apply ``policy`` (``a+b`` applies a then b) and bring the result to ``input_size`` (0 = keep).
+
+    ``x`` may be this process's ``rows`` of a global batch of ``total`` images (data parallelism): the draws
+    are made for the global batch, so each image gets the same jitter whatever the number of processes.
+    """
     size = input_size or x.shape[-1]
     g = generator(seed, 0xA06, step)
+    draws = Draws(g, x.shape[0], total, rows)
     for name in policy.split("+"):
-        x = POLICIES[name](x, g, size)
+        x = POLICIES[name](x, draws, size)
     return fit(x, size, g)
 
 

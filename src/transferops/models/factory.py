@@ -78,21 +78,27 @@ class TransferNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------- architectures
-def _block(cin: int, cout: int) -> nn.Sequential:
+NORMS: dict[str, Callable[[int], nn.Module]] = {
+    "batch": nn.BatchNorm2d,
+    "group": lambda c: nn.GroupNorm(min(8, c), c),
+}
+
+
+def _block(cin: int, cout: int, norm: str) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
+        NORMS[norm](cout),
         nn.ReLU(inplace=True),
         nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
+        NORMS[norm](cout),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )
 
 
-def small_cnn(in_channels: int, width: int) -> tuple[nn.Module, int, list]:
+def small_cnn(in_channels: int, width: int, norm: str = "batch") -> tuple[nn.Module, int, list]:
     """Three conv blocks (width, 2w, 4w) + global average pooling: fast on two CPU cores at 28 px."""
-    blocks = [_block(in_channels, width), _block(width, 2 * width), _block(2 * width, 4 * width)]
+    blocks = [_block(in_channels, width, norm), _block(width, 2 * width, norm), _block(2 * width, 4 * width, norm)]
     backbone = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return backbone, 4 * width, blocks
 
@@ -181,7 +187,7 @@ def _torchvision_state_dict(weights: str) -> dict[str, torch.Tensor]:
 
 
 ARCHITECTURES: dict[str, Callable[..., tuple[nn.Module, int, list]]] = {
-    "smallcnn": lambda in_channels, width, weights: small_cnn(in_channels, width),
+    "smallcnn": lambda in_channels, width, weights, norm: small_cnn(in_channels, width, norm),
 }
 
 
@@ -193,6 +199,7 @@ def create_model(
     width: int = 32,
     dropout: float = 0.0,
     input_size: int = 0,
+    norm: str = "batch",
 ) -> TransferNet:
     """Build a :class:`TransferNet`.
 
@@ -206,9 +213,10 @@ def create_model(
         width: smallcnn width; ignored for torchvision models.
         dropout: dropout before the head.
         input_size: side of the images the network sees (0 = as stored).
+        norm: smallcnn normalisation, ``batch`` or ``group``.
     """
     if name in ARCHITECTURES:
-        backbone, dim, stages = ARCHITECTURES[name](in_channels=in_channels, width=width, weights=weights)
+        backbone, dim, stages = ARCHITECTURES[name](in_channels=in_channels, width=width, weights=weights, norm=norm)
         mean, std = (0.5,) * in_channels, (0.5,) * in_channels
     else:
         backbone, dim, stages = torchvision_backbone(name, in_channels, weights)
@@ -227,7 +235,14 @@ def model_from_config(m: ModelConfig, num_classes: int, in_channels: int, weight
     """The network ``model:`` describes (the one way pretrain, the baselines and checkpoints build it);
     ``weights`` overrides ``m.weights`` (e.g. ``none`` for a from-scratch baseline)."""
     return create_model(
-        m.name, num_classes, m.weights if weights is None else weights, in_channels, m.width, m.dropout, m.input_size
+        m.name,
+        num_classes,
+        m.weights if weights is None else weights,
+        in_channels,
+        m.width,
+        m.dropout,
+        m.input_size,
+        m.norm,
     )
 
 

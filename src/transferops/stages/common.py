@@ -72,6 +72,17 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
     tmp.rename(out_dir)
 
 
+def training_setup(cfg: Config, tracker):
+    """(distributed info, device, tracker) of a training stage: under torchrun this process joins the group
+    and takes its GPU; ranks other than 0 track nothing (rank 0 alone writes outputs and MLflow)."""
+    from transferops.tracking import NullTracker
+    from transferops.training import distributed
+    from transferops.training.seeding import resolve_device
+
+    dist, device = distributed.setup(resolve_device(cfg.base.device))
+    return dist, device, (tracker if dist.is_main else NullTracker())
+
+
 def state_store(cfg: Config, stage: str):
     """The store of a training stage's resumable state (``base.state_uri``, keyed by run and stage)."""
     from transferops.training.state import open_state_store, state_location

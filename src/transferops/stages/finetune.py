@@ -18,8 +18,10 @@ from transferops.lineage import file_sha256, lineage
 from transferops.models import TransferNet, model_from_config
 from transferops.models.io import load_model
 from transferops.paths import Paths
-from transferops.stages.common import StageResult, start_stage, state_store, write_trained_model
+from transferops.stages.common import StageResult, start_stage, state_store, training_setup, write_trained_model
 from transferops.tracking import NullTracker
+from transferops.training import distributed
+from transferops.training.distributed import SINGLE, Distributed
 from transferops.training.loop import FitResult, load_resume_state, train
 from transferops.training.seeding import resolve_device
 from transferops.transfer import Strategy, TransferContext, get_strategy
@@ -48,6 +50,8 @@ def fit_on_target(
     store=None,
     saved: dict | None = None,
     run_id: str | None = None,
+    dist: Distributed = SINGLE,
+    device: torch.device | None = None,
 ) -> FitResult:
     """Prepare ``model`` with ``strategy`` and train it on the target data.
 
@@ -56,7 +60,7 @@ def fit_on_target(
     """
     paths = Paths.from_config(cfg)
     manifest = read_manifest(paths.target_data)
-    device = resolve_device(cfg.base.device)
+    device = device or resolve_device(cfg.base.device)
     ctx = TransferContext(len(manifest["classes"]), same_classes, paths.source_model, device)
     strategy.prepare(model, ctx)
     data = stream_data(paths, strategy)
@@ -83,6 +87,7 @@ def fit_on_target(
         desc,
         resume_from=saved,
         run_id=run_id,
+        dist=dist,
     )
 
 
@@ -112,6 +117,7 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
     """Load the source checkpoint and transfer it to the target with the configured method."""
     tracker = tracker or NullTracker()
     start_stage(cfg)
+    dist, device, tracker = training_setup(cfg, tracker)
     paths = Paths.from_config(cfg)
     target = read_manifest(paths.target_data)
     model, source_ckpt = load_model(paths.source_model)
@@ -143,7 +149,18 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
     tags = {"transferops.method": strategy.name}
     with tracker.stage_run("finetune", cfg, tags, resume_run_id=saved and saved.get("tracking_run_id")):
         fit = fit_on_target(
-            cfg, model, strategy, cfg.finetune, same, tracker.log_metrics, "finetune", store, saved, tracker.run_id
+            cfg,
+            model,
+            strategy,
+            cfg.finetune,
+            same,
+            tracker.log_metrics,
+            "finetune",
+            store,
+            saved,
+            tracker.run_id,
+            dist,
+            device,
         )
         metrics = {
             "val_accuracy": fit.selected_val_accuracy(cfg.finetune.select_best),
@@ -152,9 +169,14 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
             "steps": fit.steps,
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
-        result = write_trained_model(
-            "finetune", cfg, model, target["classes"], target["image_shape"], fit, metrics, lin, tracker
-        )
+        if dist.is_main:
+            result = write_trained_model(
+                "finetune", cfg, model, target["classes"], target["image_shape"], fit, metrics, lin, tracker
+            )
+    distributed.barrier(dist)
+    distributed.cleanup(dist)
+    if not dist.is_main:
+        return StageResult("finetune", metrics=metrics, lineage=lin)
     val = metrics["val_accuracy"]
     log.info(
         "finetune done in %.1fs: %s",

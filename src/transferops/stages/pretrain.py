@@ -14,10 +14,10 @@ from transferops.data.shards import load_split, read_manifest
 from transferops.lineage import lineage
 from transferops.models import model_from_config
 from transferops.paths import Paths
-from transferops.stages.common import StageResult, start_stage, state_store, write_trained_model
+from transferops.stages.common import StageResult, start_stage, state_store, training_setup, write_trained_model
 from transferops.tracking import NullTracker
+from transferops.training import distributed
 from transferops.training.loop import load_resume_state, train
-from transferops.training.seeding import resolve_device
 from transferops.transfer import Strategy
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
     paths = Paths.from_config(cfg)
     manifest = read_manifest(paths.source_data)
     labeled, val = load_split(paths.source_data, "labeled"), load_split(paths.source_data, "val")
-    device = resolve_device(cfg.base.device)
+    dist, device, tracker = training_setup(cfg, tracker)
     model = model_from_config(cfg.model, len(manifest["classes"]), manifest["image_shape"][0])
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
@@ -56,6 +56,7 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
             "pretrain",
             resume_from=saved,
             run_id=tracker.run_id,
+            dist=dist,
         )
         metrics = {
             "source_val_accuracy": fit.selected_val_accuracy(cfg.pretrain.select_best),
@@ -63,8 +64,13 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
             "steps": fit.steps,
             "parameters": n_params,
         }
-        result = write_trained_model(
-            "pretrain", cfg, model, manifest["classes"], manifest["image_shape"], fit, metrics, lin, tracker
-        )
+        if dist.is_main:
+            result = write_trained_model(
+                "pretrain", cfg, model, manifest["classes"], manifest["image_shape"], fit, metrics, lin, tracker
+            )
+    distributed.barrier(dist)
+    distributed.cleanup(dist)
+    if not dist.is_main:
+        return StageResult("pretrain", metrics=metrics, lineage=lin)
     log.info("pretrain done in %.1fs: source val accuracy %s", fit.seconds, metrics["source_val_accuracy"])
     return result

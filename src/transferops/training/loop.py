@@ -35,6 +35,8 @@ from transferops.data.batches import BatchStream, Prefetcher, to_float
 from transferops.data.shards import Split
 from transferops.errors import CheckpointError, TrainingError
 from transferops.models.inference import accuracy, autocast
+from transferops.training import distributed
+from transferops.training.distributed import SINGLE, Distributed
 from transferops.training.seeding import rng_state, set_rng_state
 from transferops.training.state import StateStore
 
@@ -96,6 +98,11 @@ class FitResult:
         return None if math.isnan(acc) else acc
 
 
+def _plain(state: dict[str, Any]) -> dict[str, Any]:
+    """A state dict without the ``module.`` level DDP adds (checkpoints look the same at any world size)."""
+    return {k.replace("module.", "") if ".module." in f".{k}" else k: v for k, v in state.items()}
+
+
 def load_resume_state(store: StateStore | None, config_hash: str, restart: bool) -> dict[str, Any] | None:
     """The saved state a run resumes from, if any; a state of another config is refused (or discarded with
     ``restart``). Read before the run starts so the stage can continue the MLflow run the state names."""
@@ -126,6 +133,7 @@ class Trainer:
         config_hash: identifies the config; a state saved under another hash is refused.
         log_metrics: callback(metrics, step) (the MLflow tracker, or nothing).
         run_id: the MLflow run of this training, saved with the state so a resume continues it.
+        dist: this process's place in a data-parallel job (DDP); rank 0 alone saves and logs.
     """
 
     def __init__(
@@ -142,20 +150,25 @@ class Trainer:
         log_metrics: Callable[[dict[str, float], int], None] | None = None,
         desc: str = "train",
         run_id: str | None = None,
+        dist: Distributed = SINGLE,
     ) -> None:
         missing = [s for s in strategy.streams if s not in streams]
         if missing:
             raise TrainingError(f"method {strategy.name!r} needs data splits {missing} that are empty or absent")
         self.active = list(strategy.streams) + [s for s in strategy.optional_streams if s in streams]
+        self.dist = dist
+        if dist.enabled and cfg.sync_bn:
+            model = distributed.sync_batchnorm(model, device)
         self.model, self.strategy, self.cfg = model.to(device), strategy, cfg
         self.extra = strategy.modules().to(device)
+        self._wrapped: list[tuple[nn.Module, str]] = []
         if cfg.channels_last and device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
         if cfg.compile and hasattr(self.model, "backbone"):
             self.model.backbone.compile()  # in place: state-dict keys stay the same
         self.streams, self.val, self.device, self.seed = streams, val, device, seed
         self.store, self.config_hash, self.run_id = store, config_hash, run_id
-        self.log_metrics = log_metrics or (lambda metrics, step: None)
+        self.log_metrics = (log_metrics if dist.is_main else None) or (lambda metrics, step: None)
         self.desc = desc
         self.steps_per_epoch = cfg.steps_per_epoch or streams[strategy.streams[0]].steps_per_pass
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -175,8 +188,8 @@ class Trainer:
         return {
             "config_hash": self.config_hash,
             "step": self.step,
-            "model": self.model.state_dict(),
-            "extra": self.extra.state_dict(),
+            "model": _plain(self.model.state_dict()),
+            "extra": _plain(self.extra.state_dict()),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -193,7 +206,7 @@ class Trainer:
         }
 
     def save_state(self) -> None:
-        if self.store is not None:
+        if self.store is not None and self.dist.is_main:
             self.store.save(self._state())
 
     def resume(self, state: dict[str, Any] | None) -> bool:
@@ -231,7 +244,9 @@ class Trainer:
             x, y = raw[name]
             x = to_float(x.to(self.device, non_blocking=True))
             if x.ndim == 4:
-                x = train_transform(x, self.cfg.augment, self.seed + i, self.step, self.input_size)
+                total = self.streams[name].batch_size  # the global batch: this rank holds rows rank::world
+                rows = torch.arange(self.dist.rank, total, self.dist.world) if self.dist.enabled else None
+                x = train_transform(x, self.cfg.augment, self.seed + i, self.step, self.input_size, rows, total)
                 if self.cfg.channels_last and self.device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
             out[name] = (x, y.to(self.device, non_blocking=True))
@@ -242,8 +257,39 @@ class Trainer:
         steps = f"step {self.step}" if since == self.step else f"steps {since}-{self.step}"
         return TrainingError(f"{self.desc}: loss is {float(loss)} at {steps} (diverged){where}")
 
+    def _distribute(self) -> None:
+        """Wrap what trains in DDP for one epoch (re-wrapped each epoch: a strategy may unfreeze layers)."""
+        if not self.dist.enabled:
+            return
+        owners = [(self.model, n) for n in ("backbone", "head") if hasattr(self.model, n)] or [(self, "model")]
+        owners += [(self.extra, k) for k in self.extra]
+        for owner, name in owners:
+            wrapped = distributed.wrap(
+                getattr(owner, name) if not isinstance(owner, nn.ModuleDict) else owner[name], self.device
+            )
+            if isinstance(owner, nn.ModuleDict):
+                owner[name] = wrapped
+            else:
+                setattr(owner, name, wrapped)
+            self._wrapped.append((owner, name))
+
+    def _undistribute(self) -> None:
+        for owner, name in self._wrapped:
+            if isinstance(owner, nn.ModuleDict):
+                owner[name] = distributed.unwrap(owner[name])
+            else:
+                setattr(owner, name, distributed.unwrap(getattr(owner, name)))
+        self._wrapped = []
+
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         self.strategy.on_epoch_start(self.model, epoch)
+        self._distribute()
+        try:
+            return self._epoch(epoch)
+        finally:
+            self._undistribute()
+
+    def _epoch(self, epoch: int) -> dict[str, float]:
         self.strategy.train_mode(self.model)
         start = self.step - epoch * self.steps_per_epoch
         first_step = self.step
@@ -353,7 +399,7 @@ class Trainer:
         best = self.result.best_val_accuracy
         if math.isnan(best) or val_acc > best:
             self.result.best_epoch, self.result.best_val_accuracy = epoch + 1, val_acc
-            self.best_state = copy.deepcopy(self.model.state_dict()) if self.cfg.select_best else None
+            self.best_state = copy.deepcopy(_plain(self.model.state_dict())) if self.cfg.select_best else None
             self.bad_epochs = 0
             return False
         self.bad_epochs += 1
@@ -375,6 +421,7 @@ def train(
     desc: str = "train",
     resume_from: dict[str, Any] | None = None,
     run_id: str | None = None,
+    dist: Distributed = SINGLE,
 ) -> FitResult:
     """Build batch streams for the splits the strategy needs, resume (from ``resume_from``, a state
     :func:`load_resume_state` returned) or start, and fit; the state is deleted once training finished.
@@ -383,13 +430,16 @@ def train(
     so a method that needs one fails with a message naming it.
     """
     streams = {
-        name: BatchStream(split, cfg.batch_size, seed, stream=i)
+        name: BatchStream(split, cfg.batch_size, seed, stream=i, rank=dist.rank, world=dist.world)
         for i, (name, split) in enumerate(data.items())
         if len(split) > 0
     }
-    trainer = Trainer(model, strategy, cfg, streams, val, device, seed, store, config_hash, log_metrics, desc, run_id)
+    trainer = Trainer(
+        model, strategy, cfg, streams, val, device, seed, store, config_hash, log_metrics, desc, run_id, dist
+    )
     trainer.resume(resume_from)
     result = trainer.fit()
-    if store is not None:  # finished: the next run starts afresh
+    distributed.barrier(dist)  # every rank has finished before the state that could resume them goes
+    if store is not None and dist.is_main:  # finished: the next run starts afresh
         store.delete()
     return result
