@@ -1,14 +1,16 @@
 """Alias moves with a history, and the promotion gate.
 
 MLflow keeps no history of alias moves, so every move made through transferops is also appended to the
-registered model's tags as ``transferops.alias_event.<time_ns>`` (JSON: alias, from, to, reason, run). That
-log is what ``registry history`` prints and what ``rollback`` reads.
+registered model's tags as ``transferops.alias_event.<time_ns>.<random>`` (JSON: alias, from, to, reason, run).
+That log is what ``registry history`` prints and what ``rollback`` reads; events written before the random
+part was added (``<time_ns>`` alone) still sort in.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,9 +63,11 @@ def move_alias(
     """Point ``alias`` at ``version`` and append the move to the model's alias history.
 
     ``kind`` is ``promote`` for a move forward and ``rollback`` for a move back (what :func:`rollback` replays).
+    Safe against another process moving the same alias at the same time: both moves are recorded, and the
+    alias ends where the history's last event says (see :func:`_agree_with_history`).
     """
     previous = current_alias(client, name, alias)
-    client.set_registered_model_alias(name, alias, str(version))
+    _set_alias(client, name, alias, str(version))
     event = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "alias": alias,
@@ -73,15 +77,67 @@ def move_alias(
         "reason": reason,
         "run_id": run_id,
     }
-    client.set_registered_model_tag(name, f"{EVENT_PREFIX}{time.time_ns()}", json.dumps(event))
+    # time first (the history's order), then a random part: two writers in the same nanosecond (or on hosts
+    # with a coarse clock) must not overwrite each other's event
+    client.set_registered_model_tag(name, f"{EVENT_PREFIX}{time.time_ns()}.{uuid.uuid4().hex[:8]}", json.dumps(event))
+    _agree_with_history(client, name, alias)
     return event
+
+
+def _event_order(key: str) -> tuple[int, str]:
+    stamp, _, tiebreak = key[len(EVENT_PREFIX) :].partition(".")
+    return int(stamp), tiebreak
+
+
+def _events(tags: dict[str, str]) -> list[dict[str, Any]]:
+    keys = sorted((k for k in tags if k.startswith(EVENT_PREFIX)), key=_event_order)
+    return [json.loads(tags[k]) for k in keys]
 
 
 def history(client, name: str) -> list[dict[str, Any]]:
     """Every recorded alias move of a registered model, oldest first."""
-    tags = client.get_registered_model(name).tags
-    keys = sorted((k for k in tags if k.startswith(EVENT_PREFIX)), key=lambda k: int(k[len(EVENT_PREFIX) :]))
-    return [json.loads(tags[k]) for k in keys]
+    return _events(client.get_registered_model(name).tags)
+
+
+_DUPLICATE_KEY = ("duplicate key", "unique constraint", "duplicate entry", "violation of primary key")
+
+
+def _set_alias(client, name: str, alias: str, version: str, attempts: int = 3) -> None:
+    """``set_registered_model_alias``, retried when a concurrent first creation of the alias won the insert.
+
+    MLflow's SQL store sets an alias by select-then-insert; two writers creating the same alias at once both
+    insert, and the database (PostgreSQL, MySQL, sqlite alike) rejects the second with a unique-key error. The
+    alias exists by then, so the retry updates it.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(name, alias, version)
+            return
+        except MlflowException as exc:
+            if attempt == attempts - 1 or not any(s in str(exc).lower() for s in _DUPLICATE_KEY):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+def _agree_with_history(client, name: str, alias: str, attempts: int = 5) -> None:
+    """Leave ``alias`` on the version of the history's last event for it.
+
+    A move is two writes (the alias, then its event). When two processes move one alias at once, their
+    writes interleave: the alias can end on the move whose event sorts first, and ``rollback`` and
+    ``registry history`` would then disagree with the registry. So each mover re-reads after writing its
+    event and, while the alias and the last event disagree, sets the alias to that event's version. Every
+    writer checks after its last write, so the last check sees every event and the final alias.
+    """
+    for _ in range(attempts):
+        model = client.get_registered_model(name)
+        moves = [e for e in _events(model.tags) if e["alias"] == alias]
+        target = moves[-1]["to_version"] if moves else None
+        actual = (model.aliases or {}).get(alias)
+        if target is None or (actual is not None and str(actual) == target):
+            return
+        _set_alias(client, name, alias, target)
 
 
 CHAMPION_SEEN_TAG = "transferops.champion_seen"
