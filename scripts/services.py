@@ -7,8 +7,8 @@
   PostgreSQL refuses to run as root; under root it runs as ``nobody``.
 - S3 from moto's server (in memory; ``make services`` replays a request log at start so objects survive a
   restart).
-- ``mlflow server --backend-store-uri postgresql+psycopg://... --artifacts-destination s3://...``: clients
-  need only the server's URL, no database or S3 credentials.
+- ``mlflow server --artifacts-destination s3://...`` with ``MLFLOW_BACKEND_STORE_URI=postgresql+psycopg://...``
+  in its environment: clients need only the server's URL, no database or S3 credentials.
 
 Ctrl-C stops all three (MLflow first, then S3, then PostgreSQL). tests/services/conftest.py starts its
 servers with the same classes, so what ``make services`` runs is what the service tests test.
@@ -81,6 +81,7 @@ class Postgres:
 
     def __init__(self, data_dir: Path, port: int = 0, durable: bool = True):
         self.data_dir = Path(data_dir).absolute()
+        self.chosen_port = not port
         self.port = port or free_port()
         self.durable = durable
         self.log_path = self.data_dir.with_name(self.data_dir.name + ".log")
@@ -95,7 +96,8 @@ class Postgres:
         return self.password_file.read_text().strip()
 
     def uri(self, database: str = "postgres", driver: str = "psycopg") -> str:
-        """SQLAlchemy URI: ``postgresql+psycopg://`` (psycopg 3; a bare ``postgresql://`` means psycopg2)."""
+        """SQLAlchemy URI, the driver named: ``postgresql+psycopg://`` (psycopg 3). A bare ``postgresql://`` picks
+        psycopg 3 only from SQLAlchemy 2.1 on (psycopg2 before); ``driver=""`` gives that form, for libpq."""
         scheme = f"postgresql+{driver}" if driver else "postgresql"
         return f"{scheme}://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
 
@@ -110,23 +112,38 @@ class Postgres:
 
     # -- life cycle ---------------------------------------------------------------------------------------
     def start(self, timeout: float = 60) -> Postgres:
-        bin_dir = self._bin_dir()
-        if not (self.data_dir / "PG_VERSION").exists():
-            self._initdb(bin_dir)
+        try:
+            bin_dir = self._bin_dir()
+            if not (self.data_dir / "PG_VERSION").exists():
+                self._initdb(bin_dir)
+            for attempt in range(3):
+                log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+                self._spawn(bin_dir)
+                try:
+                    self._wait_ready(timeout)
+                    return self
+                except RuntimeError:
+                    taken = "could not bind" in self.log_path.read_text()[log_start:]
+                    if attempt == 2 or not (taken and self.chosen_port):
+                        raise
+                    self.port = free_port()  # another process took the free port in between: pick again
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, bin_dir: Path) -> None:
         options = ["-c", "listen_addresses=127.0.0.1", "-c", f"port={self.port}", "-c", "unix_socket_directories="]
         if not self.durable:
             options += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-        log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(
-            [str(bin_dir / "postgres"), "-D", str(self.data_dir), *options],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            user=self.run_as,
-            start_new_session=True,  # Ctrl-C in a terminal reaches the launcher only, which stops in order
-        )
-        log.close()
-        self._wait_ready(timeout)
-        return self
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(
+                [str(bin_dir / "postgres"), "-D", str(self.data_dir), *options],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                user=self.run_as,
+                start_new_session=True,  # Ctrl-C in a terminal reaches the launcher only, which stops in order
+            )
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -201,7 +218,7 @@ class Postgres:
             except psycopg.OperationalError as exc:
                 error = exc
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
+                _stop(self.proc, signal.SIGINT)
                 raise RuntimeError(f"PostgreSQL did not start ({error}): {self.log_path.read_text()[-2000:]}")
             time.sleep(0.1)
 
@@ -322,7 +339,7 @@ class MlflowServer:
             except OSError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
+                _stop(self.proc, signal.SIGINT)
                 raise RuntimeError(f"mlflow server did not start: {self.log_path.read_text()[-2000:]}")
             time.sleep(0.3)
 
