@@ -179,17 +179,23 @@ def _accuracy(version) -> float:
     return float(version.tags["transferops.accuracy"])
 
 
+WRITERS = {"sqlite": 2, "postgresql": 4}
+"""Concurrent registrations per store: sqlite serialises writers anyway (and kept today's two); PostgreSQL runs
+them in parallel."""
+
+
 def test_concurrent_registrations_against_one_champion(candidates, mlflow_server, tmp_path):
-    """Four pipelines register and gate at the same instant against one champion, then all four are retried at
-    once: every version exists once, every decision is recorded, the champion ends on the best."""
+    """Pipelines (four on PostgreSQL) register and gate at the same instant against one champion, then are all
+    retried at once: every version exists once, every decision is recorded, the champion ends on the best."""
     import mlflow
 
     from transferops.registry.aliases import history
 
     env = client_env(mlflow_server.url)
-    names = [n for n in candidates if n != "incumbent"]
-    argv = {n: ["register", "--params", str(candidates[n])] for n in candidates}
-    # all five processes start (and import) together; the incumbent registers first and becomes champion
+    names = [n for n in candidates if n != "incumbent"][-WRITERS[mlflow_server.store] :]
+    expected = [str(v) for v in range(1, len(names) + 2)]  # the incumbent is v1
+    argv = {n: ["register", "--params", str(candidates[n])] for n in ["incumbent", *names]}
+    # all processes start (and import) together; the incumbent registers first and becomes champion
     first = together.start(tmp_path / "first", ["incumbent"], 1, argv, env, tmp_path)
     procs = together.start(tmp_path / "barrier", names, 2, argv, env, tmp_path)  # round 0 register, 1 retry
     together.release(tmp_path / "first", ["incumbent"], 0, first)
@@ -203,15 +209,15 @@ def test_concurrent_registrations_against_one_champion(candidates, mlflow_server
     for proc in first + procs:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
-    print(f"{len(names)} concurrent registrations on {mlflow_server.store}: {seconds:.1f} s")
+    print(f"\n{len(names)} concurrent registrations on {mlflow_server.store}: {seconds:.1f} s")
 
     # every version exists, once: the retries returned the versions already registered
-    assert sorted(int(r["version"]) for r in regs.values()) == [2, 3, 4, 5]
+    assert sorted(r["version"] for r in regs.values()) == expected[1:]
     retried = {n: _reg(Paths.from_config(load_config(candidates[n])))["version"] for n in names}
     assert retried == {n: r["version"] for n, r in regs.items()}
     client = mlflow.MlflowClient(mlflow_server.url)
     versions = {v.version: v for v in client.search_model_versions("name = 'concurrent-digits'")}
-    assert sorted(int(v) for v in versions) == [1, 2, 3, 4, 5]
+    assert sorted(versions) == expected
     # every decision recorded on its version, as registration.json gave it
     for r in regs.values():
         tags = versions[r["version"]].tags
@@ -220,11 +226,12 @@ def test_concurrent_registrations_against_one_champion(candidates, mlflow_server
         assert r["previous_champion_version"] is not None  # each gated against a champion (v1 or a peer)
     # the champion ends on the best model (min_delta 0: the best clears any champion it was gated against)
     champion = client.get_model_version_by_alias("concurrent-digits", "champion")
+    print({v: (round(_accuracy(m), 4), m.tags["transferops.promoted"]) for v, m in versions.items()}, champion.version)
     assert _accuracy(champion) == max(_accuracy(v) for v in versions.values())
     assert champion.version == "1" or versions[champion.version].tags["transferops.promoted"] == "true"
     # the history has every move, and each alias is where its last event says
     events = history(client, "concurrent-digits")
-    assert {e["to_version"] for e in events if e["alias"] == "challenger"} == {"1", "2", "3", "4", "5"}
+    assert {e["to_version"] for e in events if e["alias"] == "challenger"} == set(expected)
     promoted = {r["version"] for r in regs.values() if r["promoted"]}
     assert promoted <= {e["to_version"] for e in events if e["alias"] == "champion"}
     aliases = client.get_registered_model("concurrent-digits").aliases
