@@ -10,10 +10,13 @@ process is ready and creates the go file, so all of them call MLflow within a fe
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _wait_for(path: Path, timeout: float) -> None:
@@ -27,6 +30,8 @@ def _wait_for(path: Path, timeout: float) -> None:
 def start(barrier: Path, names: list[str], rounds: int, argv: dict[str, list[str]], env, cwd) -> list:
     """One process per name, each running ``transferops <argv[name]>`` ``rounds`` times behind the barrier."""
     barrier.mkdir(parents=True, exist_ok=True)
+    # this module runs as ``-m tests.services.together`` from any folder: the repo root goes on its path
+    env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)}
     return [
         subprocess.Popen(
             [sys.executable, "-m", "tests.services.together", str(barrier), name, str(rounds), "--", *argv[name]],
