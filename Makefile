@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run repro test test-services test-slow test-all lint bench bench-methods data-push data-pull lock clean clean-all
+.PHONY: install run repro test test-services test-slow test-all lint services bench bench-methods data-push data-pull lock clean clean-all
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=python3.11-or-newer)"; exit 1; }
@@ -26,10 +26,10 @@ repro: $(STAMP)
 	$(BIN)/transferops run --force
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests components pipelines
+	$(BIN)/ruff check src tests components pipelines scripts
 	$(BIN)/pytest -q
 
-## tests against real server processes on loopback (MLflow server, S3); also part of `make test`
+## tests against real server processes on loopback (MLflow server on sqlite and PostgreSQL, S3); also in `make test`
 test-services: $(STAMP)
 	$(BIN)/pytest -q -m services
 
@@ -40,8 +40,13 @@ test-all: $(STAMP)
 	$(BIN)/pytest -q -m ""
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests components pipelines
-	$(BIN)/ruff format --check src tests components pipelines
+	$(BIN)/ruff check src tests components pipelines scripts
+	$(BIN)/ruff format --check src tests components pipelines scripts
+
+## the production set-up on this machine: PostgreSQL + S3 (moto) + an MLflow server, until Ctrl-C (data kept)
+SERVICES_DIR ?= .services
+services: $(STAMP)
+	$(BIN)/python -m scripts.services --dir $(SERVICES_DIR) $(SERVICES_ARGS)
 
 ## benchmarks print figures; they assert nothing about speed
 bench: $(STAMP)

