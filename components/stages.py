@@ -40,18 +40,21 @@ def pretrain(
     method: str,
     labels_per_class: int,
     overrides: list,
+    launch: str,
     source_data: Input[Dataset],
     source_model: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Train the model on the labelled source domain (transferops.stages.pretrain)."""
+    """Train the model on the labelled source domain (transferops.stages.pretrain); ``launch`` (compiled in)
+    runs it in this pod, under torchrun on its GPUs, or as a Kubeflow Trainer job."""
 
     from transferops import kfp_io
 
     cfg = kfp_io.component_config(params_json, seed, method, labels_per_class, overrides)
     inputs = {"source_data": source_data.path}
-    result, _ = kfp_io.run_stage_in_workspace("pretrain", cfg, inputs, {"source_model": source_model.path})
-    kfp_io.record_metrics(metrics, result.metrics)
+    outputs = {"source_model": source_model.path}
+    result, _ = kfp_io.run_stage_in_workspace("pretrain", cfg, inputs, outputs, launch)
+    kfp_io.record_metrics(metrics, kfp_io.training_metrics(result, source_model.path))
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -61,21 +64,24 @@ def finetune(
     method: str,
     labels_per_class: int,
     overrides: list,
+    launch: str,
     source_data: Input[Dataset],
     target_data: Input[Dataset],
     source_model: Input[Model],
     target_model: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Transfer the source model to the target domain with the configured method (transferops.stages.finetune)."""
+    """Transfer the source model to the target domain with the configured method (transferops.stages.finetune);
+    ``launch`` (compiled in) runs it in this pod, under torchrun on its GPUs, or as a Kubeflow Trainer job."""
 
     from transferops import kfp_io
 
     cfg = kfp_io.component_config(params_json, seed, method, labels_per_class, overrides)
     inputs = {"source_data": source_data.path, "target_data": target_data.path, "source_model": source_model.path}
-    result, _ = kfp_io.run_stage_in_workspace("finetune", cfg, inputs, {"target_model": target_model.path})
-    target_model.metadata["method"] = method
-    kfp_io.record_metrics(metrics, result.metrics)
+    outputs = {"target_model": target_model.path}
+    result, _ = kfp_io.run_stage_in_workspace("finetune", cfg, inputs, outputs, launch)
+    target_model.metadata["method"] = result.lineage.get("method", method)
+    kfp_io.record_metrics(metrics, kfp_io.training_metrics(result, target_model.path))
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

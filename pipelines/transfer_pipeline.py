@@ -27,7 +27,9 @@ from typing import Any
 from kfp import compiler, dsl, kubernetes
 
 from components import stages as c
+from components.image import IMAGE
 from transferops.config import apply_overrides, config_from_dict, read_params
+from transferops.kubeflow.launch import launch_for
 from transferops.kubeflow.settings import KfpConfig, NodePoolConfig, kfp_from_dict
 from transferops.training.state import RUN_KEY_ENV
 
@@ -82,6 +84,7 @@ def build_pipeline(params_path: Path = DEFAULT_PARAMS, overrides: list[str] | tu
     # one line of JSON: KFP copies defaults into a comment header, which a multi-line string would break
     params_text = json.dumps(data, separators=(",", ":"))
     k = cfg.ingest.target.split.labels_per_class
+    launch = launch_for(kfp, IMAGE).to_json()  # how the training tasks run: one process, torchrun or a TrainJob
 
     @dsl.pipeline(name=kfp.pipeline_name, description="Transfer a source-domain model to a target domain.")
     def transfer_pipeline(
@@ -96,10 +99,11 @@ def build_pipeline(params_path: Path = DEFAULT_PARAMS, overrides: list[str] | tu
         )
         ingest = _place(c.ingest(**common), kfp.cpu, kfp).set_caching_options(kfp.cache_ingest)
         ingest.set_display_name("ingest")
-        pretrain = _gpu(c.pretrain(source_data=ingest.outputs["source_data"], **common), kfp)
+        pretrain = _gpu(c.pretrain(source_data=ingest.outputs["source_data"], launch=launch, **common), kfp)
         pretrain.set_display_name("pretrain")
         finetune = _gpu(
             c.finetune(
+                launch=launch,
                 source_data=ingest.outputs["source_data"],
                 target_data=ingest.outputs["target_data"],
                 source_model=pretrain.outputs["source_model"],

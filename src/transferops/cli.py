@@ -7,6 +7,7 @@ Logging is configured here and nowhere else. Errors caused by input print one li
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import subprocess
@@ -91,6 +92,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_remote_stage(args: argparse.Namespace) -> int:
+    from transferops.kubeflow.launch import remote_stage
+
+    return remote_stage(args.stage, args.staging)
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     sys.stdout.write(dump_config(_config(args)))
     return 0
@@ -123,6 +130,53 @@ def cmd_bench_methods(args: argparse.Namespace) -> int:
     report = methods(cfg, args.seeds, names, curve, args.out, make_tracker(cfg, enabled=not args.no_mlflow))
     print(methods_markdown(report))
     return 0
+
+
+def cmd_bench_throughput(args: argparse.Namespace) -> int:
+    from transferops.scale import ThroughputSpec, throughput, throughput_markdown
+
+    spec = ThroughputSpec(
+        model=args.model,
+        image_size=args.image_size,
+        stored_size=args.stored_size,
+        channels=args.channels,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        augment=args.augment,
+        steps=args.steps,
+        width=args.width,
+    )
+    report = throughput(spec, args.device, linear_probe=args.linear_probe)
+    print(throughput_markdown(report))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if not args.no_mlflow:
+        _log_benchmark("benchmark-throughput", report)
+    return 0
+
+
+def cmd_bench_data(args: argparse.Namespace) -> int:
+    from transferops.scale import data, data_markdown
+
+    report = data(args.images, args.size, args.folder, args.workers, args.width, args.epoch_steps, args.keep)
+    print(data_markdown(report))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _log_benchmark(name: str, report: dict) -> None:
+    """A benchmark's figures as one MLflow run (params: the setting, metrics: the figures)."""
+    from transferops.config import MlflowConfig
+    from transferops.tracking import MlflowTracker
+
+    tracker = MlflowTracker(MlflowConfig())
+    with tracker.mlflow.start_run(experiment_id=tracker.experiment_id, run_name=name):
+        nums = {k: v for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        tracker.mlflow.log_params({k: v for k, v in report.items() if k not in nums})
+        tracker.mlflow.log_metrics({k: float(v) for k, v in nums.items()})
 
 
 def _pipelines_cli():
@@ -246,6 +300,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("reports"), help="report directory (default reports/)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the benchmark to MLflow")
     p.set_defaults(func=cmd_bench_methods)
+    p = bench.add_parser("throughput", help="the Trainer's images/s next to a bare training step, on this device")
+    p.add_argument("--model", default="smallcnn")
+    p.add_argument("--image-size", type=int, default=28, help="side the network sees (default 28)")
+    p.add_argument("--stored-size", type=int, default=0, help="side the shards store (default: image size)")
+    p.add_argument("--channels", type=int, default=3, choices=(1, 3))
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--augment", default="affine", help="training augmentation policy (default affine)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    p.add_argument("--width", type=int, default=32, help="smallcnn width")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--linear-probe", action="store_true", help="also time a linear probe, cached vs not")
+    p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the figures to MLflow")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_bench_throughput)
+    p = bench.add_parser("data", help="ingest and one epoch on an ImageFolder: images/s and peak memory")
+    p.add_argument("--images", type=int, default=40_000, help="JPEGs to generate (default 40,000)")
+    p.add_argument("--size", type=int, default=160, help="their side in px (default 160)")
+    p.add_argument("--folder", type=Path, default=None, help="read this ImageFolder instead of generating one")
+    p.add_argument("--workers", type=int, default=0, help="ingest processes (default: every CPU)")
+    p.add_argument("--width", type=int, default=8, help="smallcnn width of the training epoch (default 8)")
+    p.add_argument("--epoch-steps", type=int, default=0, help="cap the epoch (default: one full pass)")
+    p.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
+    p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_bench_data)
     pipelines_cli = _pipelines_cli()
     if pipelines_cli is not None:
         pipelines_cli.add_parser(sub, common)
@@ -289,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="image files, folders (searched recursively), .zip/.tar archives, s3://bucket/prefix",
     )
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("remote-stage", help=argparse.SUPPRESS, description="(inside a Kubeflow Trainer job)")
+    p.add_argument("stage", choices=("pretrain", "finetune"))
+    p.add_argument("--staging", required=True, help="where the Kubeflow task staged params, inputs and outputs")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_remote_stage)
     p = sub.add_parser("params", parents=[common], help="print the resolved, validated params")
     p.set_defaults(func=cmd_params)
     p = sub.add_parser("summary", parents=[common], help="print the summary of the last pipeline run")

@@ -466,6 +466,10 @@ class MlflowConfig:
     experiment: str = "transferops"
 
 
+LOCATION_KEYS = ("artifacts_dir", "state_uri")
+"""``base`` keys that say where outputs go, not what they are: not part of a config's identity."""
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole resolved configuration of a pipeline run."""
@@ -484,8 +488,14 @@ class Config:
         return dataclasses.asdict(self)
 
     def section_hash(self, *sections: str) -> str:
-        """Stable short hash of some sections: identifies 'the same config' for resume and caching."""
+        """Stable short hash of some sections: identifies 'the same config' for resume and lineage.
+
+        Where things are stored (``base.artifacts_dir``, ``base.state_uri``) is left out: the same training in
+        another folder (a Kubeflow task's workspace differs on every attempt) is the same training.
+        """
         data = {name: dataclasses.asdict(getattr(self, name)) for name in sections}
+        for key in LOCATION_KEYS:
+            data.get("base", {}).pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

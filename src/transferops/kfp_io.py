@@ -12,7 +12,6 @@ import base64
 import json
 import shutil
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +34,15 @@ def component_config(params_json: str, seed: int, method: str, labels_per_class:
 
 
 def run_stage_in_workspace(
-    stage: str, cfg: Config, inputs: dict[str, str], outputs: dict[str, str]
+    stage: str, cfg: Config, inputs: dict[str, str], outputs: dict[str, str], launch: str = ""
 ) -> tuple[StageResult, Path]:
     """Run ``stage`` with input artifacts linked into a workspace; copy its outputs to the output paths.
 
-    Returns the result and the workspace (valid until the process exits), for reading reports.
+    ``launch`` (JSON, compiled into the pipeline) says how a training stage runs: in this process, under
+    torchrun on the pod's GPUs, or as a Kubeflow Trainer job (:mod:`transferops.kubeflow.launch`). Returns the
+    result and the workspace (valid until the process exits), for reading reports.
     """
-    from transferops.stages import run_stage
-    from transferops.tracking import make_tracker
+    from transferops.kubeflow.launch import Launch, run
 
     ws = Path(tempfile.mkdtemp(prefix=f"transferops-{stage}-"))
     layout = Paths(ws)
@@ -50,14 +50,19 @@ def run_stage_in_workspace(
         link = layout.artifact(name)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(Path(path).resolve(), target_is_directory=True)
-    cfg = replace(cfg, base=replace(cfg.base, artifacts_dir=str(ws)))
-    result = run_stage(stage, cfg, make_tracker(cfg))
+    result = run(stage, cfg, ws, Launch.from_json(launch))
     for name, path in outputs.items():
         dest = Path(path)
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(layout.artifact(name), dest)
     return result, ws
+
+
+def training_metrics(result: StageResult, output_dir: str) -> dict[str, Any]:
+    """A training stage's metrics plus what its ``run.json`` says about this run (seconds, resumed step)."""
+    run = read_json(Path(output_dir) / "run.json") if (Path(output_dir) / "run.json").is_file() else {}
+    return {**result.metrics, **{k: run[k] for k in ("seconds", "resumed_from_step") if k in run}}
 
 
 def evaluation_report_html(evaluate_dir: Path) -> str:

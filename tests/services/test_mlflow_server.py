@@ -121,7 +121,7 @@ def test_pipeline_registry_workflow_against_server_and_s3(tiny_params, tmp_path,
     cli("registry", "rollback", *p, cwd=tmp_path, env=env)
     assert str(client.get_model_version_by_alias(model_name(cfg), "champion").version) == "1"
     history = cli("registry", "history", *p, cwd=tmp_path, env=env).stdout
-    champion_moves = [line for line in history.splitlines() if " champion " in line]
+    champion_moves = [line for line in history.splitlines()[1:] if line.split()[1] == "champion"]
     assert len(champion_moves) == 3
     assert "rollback" in champion_moves[-1] and "2 -> 1" in champion_moves[-1]
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.services.conftest import free_port
+from scripts.services import free_port
 from tests.unit.helpers import brightness_images, brightness_model
 
 pytestmark = pytest.mark.services

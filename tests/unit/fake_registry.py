@@ -69,6 +69,10 @@ class FakeRegistryClient:
             self.versions[name].append(v)
             return v
 
+    def set_model_version_tag(self, name: str, version, key: str, value: str) -> None:
+        with self.lock:
+            self._version(name, version).tags[key] = value
+
     def delete_model_version(self, name: str, version) -> None:
         with self.lock:
             self.versions[name] = [v for v in self.versions[name] if v.version != int(version)]

@@ -13,6 +13,7 @@ from PIL import Image
 from transferops.config import DatasetConfig, IngestConfig, SplitConfig
 from transferops.data import archive, sources
 from transferops.data.shards import (
+    MappedShard,
     ShardedArray,
     ShardWriter,
     load_split,
@@ -116,13 +117,15 @@ def test_shards_stream_byte_identical_to_np_save_and_round_trip(tmp_path):
     assert [sh["count"] for sh in m["splits"]["labeled"]["shards"]] == [7, 7, 7, 7, 2]  # 30 images, shards of 7
     assert hashes[3] == hashlib.sha1(images[3].tobytes()).hexdigest()
     got = load_split(tmp_path / "d", "labeled")
-    assert isinstance(got.images, ShardedArray) and all(isinstance(p, np.memmap) for p in got.images.parts)
+    assert isinstance(got.images, ShardedArray) and all(isinstance(p, MappedShard) for p in got.images.parts)
     assert np.array_equal(np.asarray(got.images), images[splits["labeled"]])
     assert np.array_equal(got.labels, labels[splits["labeled"]])
     # a gather across shards, unsorted and with repeats, reads exactly those rows
     pick = np.array([29, 0, 8, 8, 15, 3])
     assert np.array_equal(got.images.take(pick), images[splits["labeled"]][pick])
     assert np.array_equal(got.images[5:12], images[splits["labeled"]][5:12])
+    got.images.release()  # pages handed back: reading again still gives the same rows
+    assert np.array_equal(got.images.take(pick), images[splits["labeled"]][pick])
     # same data -> same version (in parallel too); a flipped byte -> a clear error naming the shard
     m2, _ = write_dataset(tmp_path / "e", src, splits, shard_size=7, size=8, channels=1, workers=2)
     assert m2["version"] == m["version"] == read_manifest(tmp_path / "d")["version"]

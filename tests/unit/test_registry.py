@@ -194,14 +194,21 @@ def test_history_is_readable_and_rollback_walks_back():
     assert [e["kind"] for e in champion_moves] == ["promote", "promote", "promote", "rollback", "rollback"]
 
 
-def test_concurrent_registrations_settle_on_the_best():
+def test_concurrent_promotions_gated_against_the_same_champion_settle_on_the_best():
+    from transferops.registry.aliases import CHAMPION_SEEN_TAG, move_alias, settle_champion
+
     w = World()
     w.register(DIGITS, 0.7, "base")
-    # "fast" registers completely while "slow" re-scores the champion: both were gated against v1
-    out = w.register(DIGITS, 0.75, "slow", during_score=lambda: w.register(DIGITS, 0.9, "fast"))
-    assert out.decision.promote and out.version == "3"
-    assert w.champion() == "2"  # fast (0.9) beat slow (0.75); settled back
-    assert history(w.client, "m")[-1]["kind"] == "settle"
+    # two registrations both passed the gate against v1 and both moved champion before either saw the other
+    for fp, acc in (("best", 0.9), ("worse", 0.75)):
+        w.truth[fp] = acc
+        v = w.client.create_model_version("m", f"fake://{fp}", tags={CHAMPION_SEEN_TAG: "1"})
+        w.client.set_model_version_tag("m", v.version, "transferops.promoted", "true")
+        w.client.set_model_version_tag("m", v.version, "transferops.accuracy", repr(acc))
+        move_alias(w.client, "m", "champion", str(v.version), "passed")
+    assert w.champion() == "3"  # the worse one moved last
+    assert settle_champion(w.client, "m", "champion", "1") == "2"
+    assert w.champion() == "2" and history(w.client, "m")[-1]["kind"] == "settle"
 
 
 # ---------------------------------------------------------------------------------------------- property
@@ -271,5 +278,42 @@ def test_gate_invariants_hold_for_any_sequence(ops, delta, floor):
     if champion is not None:
         assert w.truth[w.client.get_model_version("m", champion).source[7:]] >= floor
     gate_events = [e for e in history(w.client, "m") if e["alias"] == "gate"]
-    assert len(gate_events) == decisions and all(e["reason"] for e in gate_events)
+    assert all(e["reason"] for e in gate_events)
+    # every decision is logged: one event per rejection, at least one per version (a re-gate adds one)
+    rejected = [e for e in gate_events if e["to_version"] is None]
+    assert len(rejected) + len({e["to_version"] for e in gate_events if e["to_version"]}) == decisions
     assert len({v.source for v in w.client.versions["m"]}) == len(w.client.versions["m"])  # no duplicate
+
+
+def test_a_champion_moved_while_a_candidate_was_scoring_is_scored_again_before_anything_moves():
+    w = World()
+    w.register(DIGITS, 0.6, "v1")
+    # B was gated against v1 (0.6) and passes; while it scored, A (0.9) registered and took champion
+    out = w.register(DIGITS, 0.7, "b", during_score=lambda: w.register(DIGITS, 0.9, "a"))
+    assert not out.decision.promote and "champion v2 0.9000" in out.decision.reason
+    assert w.champion() == "2"  # A stays: B never moved champion over a better model it had not been compared to
+    b = w.client.get_model_version("m", out.version)
+    assert b.tags["transferops.promoted"] == "false" and b.tags["transferops.champion_seen"] == "2"
+    assert [e["kind"] for e in history(w.client, "m") if e["alias"] == "gate"][-2:] == ["promoted", "challenger"]
+
+
+def test_a_retry_completes_a_registration_that_died_before_its_champion_move(monkeypatch):
+    import transferops.registry.gate as gate
+
+    w = World()
+    w.register(DIGITS, 0.6, "v1")
+    real = gate.move_alias
+
+    def dies_on_champion(client, name, alias, *args, **kwargs):
+        if alias == "champion":
+            raise RuntimeError("process killed")
+        return real(client, name, alias, *args, **kwargs)
+
+    monkeypatch.setattr(gate, "move_alias", dies_on_champion)
+    with pytest.raises(RuntimeError):
+        w.register(DIGITS, 0.8, "new")
+    assert w.champion() == "1"  # the version exists, promoted on paper, but champion did not move
+    monkeypatch.setattr(gate, "move_alias", real)
+    out = w.register(DIGITS, 0.8, "new")  # the retry
+    assert out.retried and out.version == "2" and w.champion() == "2"
+    assert len(w.client.versions["m"]) == 2

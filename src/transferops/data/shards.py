@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import mmap
 import multiprocessing
 import os
 import sys
@@ -260,14 +261,50 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
         raise DataError(f"{path}: corrupt manifest ({exc})") from None
 
 
+class MappedShard(np.ndarray):
+    """A read-only ``.npy`` shard mapped into memory, which can hand its pages back (:meth:`release`).
+
+    A mapped page that was read counts towards the process's resident memory until the kernel needs it back;
+    over an epoch on a dataset larger than memory that is the whole dataset. Releasing (``MADV_DONTNEED``)
+    drops the mapping's pages from this process; they stay in the page cache, so reading them again is cheap.
+    """
+
+    mm: mmap.mmap
+
+    def release(self) -> None:
+        if hasattr(mmap, "MADV_DONTNEED"):
+            self.mm.madvise(mmap.MADV_DONTNEED)
+
+
+def open_npy(path: Path) -> MappedShard:
+    """Map a ``.npy`` file read-only (``allow_pickle`` is never needed: object arrays are refused)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+        if dtype.hasobject or fortran:
+            raise DataError(f"{path}: not a plain C-ordered numeric array")
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    count = int(np.prod(shape))
+    arr = np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape).view(MappedShard)
+    arr.mm = mm
+    return arr
+
+
 class ShardedArray:
     """Rows of several arrays (memory-mapped shards) seen as one read-only array.
 
     Supports ``len``, ``shape``, ``dtype``, integer and slice indexing and gathering by an index array, which
-    reads only the rows asked for (in file order, for locality) and returns a fresh numpy array.
+    reads only the rows asked for (in file order, for locality) and returns a fresh numpy array. Every
+    ``release_bytes`` read, mapped shards give their pages back, so resident memory stays bounded over an
+    epoch on data larger than memory.
     """
 
+    release_bytes = 256 << 20
+
     def __init__(self, parts: Sequence[np.ndarray], row_shape: tuple[int, ...] | None = None, dtype=None) -> None:
+        self._read = 0
         self.parts = [p for p in parts if len(p)]
         if not self.parts and row_shape is None:
             raise ValueError("an empty ShardedArray needs its row shape")
@@ -297,7 +334,17 @@ class ShardedArray:
         for p in np.unique(part_of):
             sel = part_of == p
             out[order[sel]] = self.parts[p][sorted_idx[sel] - self.offsets[p]]
+        self._read += out.nbytes
+        if self._read >= self.release_bytes:
+            self.release()
         return out
+
+    def release(self) -> None:
+        """Hand the mapped shards' pages back (see :class:`MappedShard`)."""
+        self._read = 0
+        for part in self.parts:
+            if isinstance(part, MappedShard):
+                part.release()
 
     def __getitem__(self, key):
         if isinstance(key, slice):
@@ -347,7 +394,7 @@ def load_split(data_dir: Path, split: str, verify: bool = True) -> Split:
                 raise DataError(f"{path}: shard missing (re-run ingest or `dvc pull`)")
             if verify and file_sha256(path) != shard["sha256"][key]:
                 raise DataError(f"{path}: sha256 does not match {MANIFEST} (corrupt or modified shard)")
-        images.append(np.load(data_dir / shard["images"], mmap_mode="r", allow_pickle=False))
+        images.append(open_npy(data_dir / shard["images"]))
         labels.append(np.load(data_dir / shard["labels"], allow_pickle=False))
     shape = tuple(manifest["image_shape"])
     lab = np.concatenate(labels) if labels else np.empty(0, np.int64)

@@ -29,6 +29,7 @@ from transferops.errors import GateError
 from transferops.registry.aliases import (
     CHAMPION_SEEN_TAG,
     current_alias,
+    history,
     move_alias,
     record_event,
     settle_champion,
@@ -282,19 +283,15 @@ def register_candidate(
     existing = _existing_version(client, name, candidate.fingerprint)
     if existing is not None:
         log.info("register: this model is already version %s of %s (retry): nothing new", existing.version, name)
+        _complete(client, name, existing, candidate, policy, score_champion, run_id)
         aliases = sorted(client.get_model_version(name, str(existing.version)).aliases)
-        return Outcome(_recorded(existing), str(existing.version), aliases, retried=True)
+        return Outcome(
+            _recorded(client.get_model_version(name, str(existing.version))), str(existing.version), aliases, True
+        )
 
     claim_task(client, name, candidate.task, model_description)
     champion_version = current_alias(client, name, policy.champion_alias)
-    champion = None
-    if champion_version is not None:
-        uri = f"models:/{name}/{champion_version}"
-        try:
-            champion = score_champion(uri)
-        except Exception as exc:  # fail closed: an unreadable champion is kept, not replaced
-            log.warning("register: champion %s could not be re-scored (%s)", uri, str(exc).splitlines()[0][:200])
-    decision = decide(candidate.accuracy, champion, champion_version, policy)
+    decision = decide(candidate.accuracy, _score(name, champion_version, score_champion), champion_version, policy)
     seen = f"v{champion_version}" if champion_version else "-"
     if not decision.register:
         record_event(client, name, "gate", seen, "-", "rejected", decision.reason, run_id)
@@ -327,10 +324,63 @@ def register_candidate(
     record_event(client, name, "gate", seen, f"v{version}", kind, decision.reason, run_id)
     move_alias(client, name, policy.challenger_alias, version, "new candidate", run_id)
     if decision.promote:
-        move_alias(client, name, policy.champion_alias, version, decision.reason, run_id)
-        settle_champion(client, name, policy.champion_alias, champion_version or "none", run_id)
+        decision = _promote(client, name, version, candidate.accuracy, decision, policy, score_champion, run_id)
     aliases = sorted(client.get_model_version(name, version).aliases)
     return Outcome(decision, version, aliases)
+
+
+def _score(name: str, version: str | None, score_champion: Callable[[str], float]) -> float | None:
+    """The champion re-scored on the candidate's test split; None when there is none or it cannot be read
+    (then the gate keeps it: fail closed)."""
+    if version is None:
+        return None
+    uri = f"models:/{name}/{version}"
+    try:
+        return score_champion(uri)
+    except Exception as exc:
+        log.warning("register: champion %s could not be re-scored (%s)", uri, str(exc).splitlines()[0][:200])
+        return None
+
+
+def _promote(
+    client, name: str, version: str, accuracy: float, decision: GateDecision, policy: GatePolicy, score, run_id
+) -> GateDecision:
+    """Move ``champion`` to ``version``, but only if the champion it was gated against is still the champion.
+
+    MLflow has no compare-and-set on aliases: a concurrent registration may have moved ``champion`` while this
+    one was scoring. So the champion is read again; if it changed, the new one is scored and the gate decided
+    again (recorded on the version and in the event log) before anything moves. Registrations gated against
+    the same champion are then settled on the best of them (:func:`settle_champion`).
+    """
+    for _ in range(3):
+        now = current_alias(client, name, policy.champion_alias)
+        if now == decision.champion_version:
+            break
+        decision = decide(accuracy, _score(name, now, score), now, policy)
+        client.set_model_version_tag(name, version, PROMOTED_TAG, str(decision.promote).lower())
+        client.set_model_version_tag(name, version, REASON_TAG, decision.reason)
+        client.set_model_version_tag(name, version, CHAMPION_SEEN_TAG, now or "none")
+        kind = "promoted" if decision.promote else "challenger"
+        record_event(client, name, "gate", f"v{now}" if now else "-", f"v{version}", kind, decision.reason, run_id)
+        if not decision.promote:
+            return decision
+    move_alias(client, name, policy.champion_alias, version, decision.reason, run_id)
+    settle_champion(client, name, policy.champion_alias, decision.champion_version or "none", run_id)
+    return decision
+
+
+def _complete(client, name: str, existing, candidate: Candidate, policy: GatePolicy, score, run_id) -> None:
+    """Finish what a registration that died half-way left undone (its version exists, an alias move is missing):
+    a retry then ends where an uninterrupted registration would have."""
+    version = str(existing.version)
+    moved = {(e["alias"], e["to_version"]) for e in history(client, name)}
+    newest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    if (policy.challenger_alias, version) not in moved and int(version) == newest:
+        move_alias(client, name, policy.challenger_alias, version, "new candidate (completed on retry)", run_id)
+    decision = _recorded(existing)
+    if decision.promote and (policy.champion_alias, version) not in moved:
+        log.info("register: version %s was promoted but its champion move is missing: completing it", version)
+        _promote(client, name, version, candidate.accuracy, decision, policy, score, run_id)
 
 
 def outcome_dict(name: str, outcome: Outcome) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -96,6 +98,22 @@ class FitResult:
         """Val accuracy of the weights kept (best epoch or last); None when no val split was read."""
         acc = self.best_val_accuracy if select_best else self.history[-1]["val_accuracy"]
         return None if math.isnan(acc) else acc
+
+
+FAULT_ENV = "TRANSFEROPS_FAULT_KILL_AT"
+"""Fault injection for preemption tests: ``<desc>:<step>`` (e.g. ``finetune:9``) SIGKILLs the process after that
+step, but only in a run that started from scratch: the retry that resumes it runs to the end."""
+
+
+def _inject_fault(trainer: Trainer) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec or trainer.result.resumed_from_step:
+        return
+    desc, _, step = spec.rpartition(":")
+    if desc == trainer.desc and step.isdigit() and trainer.step == int(step):
+        log.warning("%s: %s=%s: killing this process at step %d (fault injection)", desc, FAULT_ENV, spec, trainer.step)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _plain(state: dict[str, Any]) -> dict[str, Any]:
@@ -326,6 +344,7 @@ class Trainer:
                 every = self.cfg.checkpoint_every_steps
                 if every and self.step % every == 0 and self.step % self.steps_per_epoch:
                     self.save_state()
+                _inject_fault(self)
         n = max(1.0, self.running.pop("n", 1.0))
         metrics = {f"train_{k}": v / n for k, v in self.running.items()}
         self.running = {}
