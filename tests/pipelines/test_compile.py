@@ -143,3 +143,19 @@ def test_cli_compile_writes_the_default_path(tmp_path, monkeypatch):
     sel = "kfp.gpu.node_selector={pool: gpu-a100}"
     assert main(["pipeline", "compile", "--params", str(REPO / "params.yaml"), "--out", str(out), "--set", sel]) == 0
     assert "gpu-a100" in out.read_text()
+
+
+def test_distribution_on_compiles_a_trainjob_launch_into_the_training_tasks(tmp_path):
+    sets = ["kfp.distributed.nodes=2", "kfp.distributed.gpus_per_node=4", "base.state_uri=s3://bucket/state"]
+    tasks = _tasks(_compile(REPO / "params.yaml", tmp_path / "p.yaml", sets)["spec"])
+    for name in ("pretrain", "finetune"):
+        launch = json.loads(tasks[name]["inputs"]["parameters"]["launch"]["runtimeValue"]["constant"])
+        job = launch["trainjob"]
+        assert (job["nodes"], job["gpus_per_node"], job["runtime"]) == (2, 4, "torch-distributed")
+        assert job["image"].startswith("ghcr.io/transferops/transferops:")
+        assert job["resources"]["limits"]["nvidia.com/gpu"] == 4
+        assert [s[0] for s in job["secret_env"]] == ["mlflow-credentials", "s3-credentials"]
+    # off by default; several GPUs in one pod run torchrun there instead
+    plain = _tasks(_compile(REPO / "params.yaml", tmp_path / "q.yaml", ["kfp.gpu.accelerator_limit=4"])["spec"])
+    launch = json.loads(plain["finetune"]["inputs"]["parameters"]["launch"]["runtimeValue"]["constant"])
+    assert launch == {"nproc": 4, "trainjob": {}}

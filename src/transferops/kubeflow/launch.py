@@ -83,8 +83,9 @@ def launch_for(kfp, image: str) -> Launch:
 
 
 # ------------------------------------------------------------------------------------------------ in the task
-def run(stage: str, cfg: Config, ws: Path, launch: Launch):
-    """Run ``stage`` for a Kubeflow task whose inputs are laid out in ``ws``; outputs end up in ``ws``."""
+def run(stage: str, cfg: Config, ws: Path, launch: Launch, api_client=None):
+    """Run ``stage`` for a Kubeflow task whose inputs are laid out in ``ws``; outputs end up in ``ws``.
+    ``api_client`` (a ``kubernetes`` ApiClient) is for a TrainJob; default: the pod's service account."""
     from transferops.stages import run_stage
     from transferops.stages.common import StageResult, read_json
     from transferops.tracking import make_tracker
@@ -93,7 +94,7 @@ def run(stage: str, cfg: Config, ws: Path, launch: Launch):
     if stage not in TRAINING_STAGES or (launch.nproc <= 1 and not launch.trainjob):
         return run_stage(stage, cfg, make_tracker(cfg))
     if launch.trainjob:
-        _via_trainjob(stage, cfg, ws, launch.trainjob)
+        _via_trainjob(stage, cfg, ws, launch.trainjob, api_client)
     else:
         _via_torchrun(stage, cfg, ws, launch.nproc)
     result = read_json(Paths(ws).stage(stage) / "result.json")
@@ -124,7 +125,7 @@ def staging_uri(cfg: Config, stage: str) -> str:
     return state_location(cfg.base.state_uri, cfg.base.artifacts_dir, stage).rsplit("/", 1)[0] + "/staging"
 
 
-def _via_trainjob(stage: str, cfg: Config, ws: Path, settings: dict[str, Any]) -> None:
+def _via_trainjob(stage: str, cfg: Config, ws: Path, settings: dict[str, Any], api_client=None) -> None:
     from transferops.kubeflow.trainjob import TrainJobSpec, job_name, run_trainjob
 
     staging = staging_uri(cfg, stage)
@@ -151,7 +152,8 @@ def _via_trainjob(stage: str, cfg: Config, ws: Path, settings: dict[str, Any]) -
         shm_size=settings["shm_size"],
         runtime=settings["runtime"],
     )
-    run_trainjob(spec, timeout_seconds=settings["timeout_hours"] * 3600)
+    poll = float(settings.get("poll_seconds", 10.0))
+    run_trainjob(spec, api_client, poll_seconds=poll, timeout_seconds=settings["timeout_hours"] * 3600)
     for name in OUTPUTS[stage]:
         get_tree(f"{staging}/outputs/{name}", layout.artifact(name))
 
