@@ -34,6 +34,25 @@ def ingest(
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+def schedule(
+    params_json: str,
+    seed: int,
+    method: str,
+    labels_per_class: int,
+    overrides: list,
+    target_data: Input[Dataset],
+) -> bool:
+    """Whether this run retrains (schedule.retrain_when against the current champion: transferops.stages.schedule);
+    never cached, since the registry it asks changes between runs."""
+
+    from transferops import kfp_io
+
+    cfg = kfp_io.component_config(params_json, seed, method, labels_per_class, overrides)
+    result, _ = kfp_io.run_stage_in_workspace("schedule", cfg, {"target_data": target_data.path}, {})
+    return bool(result.metrics["retrain"])
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def pretrain(
     params_json: str,
     seed: int,

@@ -99,41 +99,45 @@ def build_pipeline(params_path: Path = DEFAULT_PARAMS, overrides: list[str] | tu
         )
         ingest = _place(c.ingest(**common), kfp.cpu, kfp).set_caching_options(kfp.cache_ingest)
         ingest.set_display_name("ingest")
-        pretrain = _gpu(c.pretrain(source_data=ingest.outputs["source_data"], launch=launch, **common), kfp)
-        pretrain.set_display_name("pretrain")
-        finetune = _gpu(
-            c.finetune(
-                launch=launch,
-                source_data=ingest.outputs["source_data"],
-                target_data=ingest.outputs["target_data"],
-                source_model=pretrain.outputs["source_model"],
-                **common,
-            ),
-            kfp,
-        )
-        finetune.set_display_name("finetune")
-        evaluate = _gpu(
-            c.evaluate(
-                target_data=ingest.outputs["target_data"],
-                source_model=pretrain.outputs["source_model"],
-                target_model=finetune.outputs["target_model"],
-                **common,
-            ),
-            kfp,
-        )
-        evaluate.set_display_name("evaluate")
-        # no condition here: the gate is the library's (register_candidate), the same for every adapter
-        register = _place(
-            c.register(
-                target_data=ingest.outputs["target_data"],
-                target_model=finetune.outputs["target_model"],
-                evaluation=evaluate.outputs["evaluation"],
-                **common,
-            ),
-            kfp.cpu,
-            kfp,
-        )
-        register.set_caching_options(False).set_display_name("register")
+        # whether to retrain is the library's decision (always True unless schedule.retrain_when says otherwise)
+        check = _place(c.schedule(target_data=ingest.outputs["target_data"], **common), kfp.cpu, kfp)
+        check.set_caching_options(False).set_display_name("schedule")
+        with dsl.If(check.output == True, name="retrain"):  # noqa: E712
+            pretrain = _gpu(c.pretrain(source_data=ingest.outputs["source_data"], launch=launch, **common), kfp)
+            pretrain.set_display_name("pretrain")
+            finetune = _gpu(
+                c.finetune(
+                    launch=launch,
+                    source_data=ingest.outputs["source_data"],
+                    target_data=ingest.outputs["target_data"],
+                    source_model=pretrain.outputs["source_model"],
+                    **common,
+                ),
+                kfp,
+            )
+            finetune.set_display_name("finetune")
+            evaluate = _gpu(
+                c.evaluate(
+                    target_data=ingest.outputs["target_data"],
+                    source_model=pretrain.outputs["source_model"],
+                    target_model=finetune.outputs["target_model"],
+                    **common,
+                ),
+                kfp,
+            )
+            evaluate.set_display_name("evaluate")
+            # no condition here: the gate is the library's (register_candidate), the same for every adapter
+            register = _place(
+                c.register(
+                    target_data=ingest.outputs["target_data"],
+                    target_model=finetune.outputs["target_model"],
+                    evaluation=evaluate.outputs["evaluation"],
+                    **common,
+                ),
+                kfp.cpu,
+                kfp,
+            )
+            register.set_caching_options(False).set_display_name("register")
 
     return transfer_pipeline
 

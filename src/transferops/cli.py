@@ -56,7 +56,11 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The whole pipeline under one MLflow parent run: through ``dvc repro`` (default) or in-process."""
+    """The whole pipeline under one MLflow parent run: through ``dvc repro`` (default) or in-process.
+
+    With ``schedule.retrain_when`` other than ``always``, ingest runs first and the run stops there, with one
+    line saying why, when the schedule says there is nothing to retrain.
+    """
     from transferops.summary import print_summary
     from transferops.tracking import PARENT_ENV, MlflowTracker
 
@@ -68,28 +72,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     tracker = MlflowTracker(cfg.mlflow)
     parent = tracker.start_pipeline_run(None, cfg)
     log.info("pipeline run %s (MLflow experiment %r)", parent, cfg.mlflow.experiment)
-    status = "FAILED"
+    os.environ[PARENT_ENV] = parent
+    status, decision = "FAILED", None
     try:
-        if args.direct:
-            os.environ[PARENT_ENV] = parent
-            for name in STAGES:
-                run_stage(name, cfg)
-        else:
-            # the dvc and transferops of this environment, whether or not it is activated
-            bindir = str(Path(sys.executable).parent)
-            dvc = str(Path(bindir) / "dvc") if (Path(bindir) / "dvc").exists() else "dvc"
-            cmd = [dvc, "repro"] + (["--force"] if args.force else [])
-            log.info("running: dvc repro%s", " --force" if args.force else "")
-            env = {**os.environ, PARENT_ENV: parent, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
-            rc = subprocess.call(cmd, env=env)
-            if rc != 0:
-                raise TransferopsError(f"`{' '.join(cmd)}` failed with exit code {rc} (see the stage output above)")
+        scheduled = cfg.schedule.retrain_when != "always"
+        if args.direct or scheduled:
+            run_stage("ingest", cfg) if args.direct else _dvc(["repro", "ingest"], parent, args.force)
+        if scheduled:
+            from transferops.stages import schedule
+
+            decision = schedule.run(cfg, tracker).metrics
+        if decision is None or decision["retrain"]:
+            if args.direct:
+                for name in STAGES[1:]:
+                    run_stage(name, cfg)
+            else:
+                _dvc(["repro"], parent, args.force)
         status = "FINISHED"
     finally:
         tracker.end_pipeline_run(status)
         os.environ.pop(PARENT_ENV, None)
+    if decision is not None and not decision["retrain"]:
+        print(f"transferops run: stopped after ingest, no retraining: {decision['reason']}")
+        return 0
     print_summary(cfg, tracker.uri)
     return 0
+
+
+def _dvc(args: list[str], parent: str, force: bool) -> None:
+    """``dvc <args>`` with this environment's dvc and transferops, whether or not it is activated."""
+    from transferops.tracking import PARENT_ENV
+
+    bindir = str(Path(sys.executable).parent)
+    dvc = str(Path(bindir) / "dvc") if (Path(bindir) / "dvc").exists() else "dvc"
+    cmd = [dvc, *args] + (["--force"] if force else [])
+    log.info("running: dvc %s", " ".join(cmd[1:]))
+    env = {**os.environ, PARENT_ENV: parent, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    rc = subprocess.call(cmd, env=env)
+    if rc != 0:
+        raise TransferopsError(f"`{' '.join(cmd)}` failed with exit code {rc} (see the stage output above)")
 
 
 def cmd_remote_stage(args: argparse.Namespace) -> int:

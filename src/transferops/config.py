@@ -458,6 +458,25 @@ class RegisterConfig:
 
 
 @dataclass(frozen=True)
+class ScheduleConfig:
+    """Whether a (scheduled) pipeline run retrains, decided right after ingest against the current champion."""
+
+    retrain_when: Literal["always", "data_changed", "shifted"] = "always"
+    """always; data_changed: only when the target data's version differs from the champion's; shifted: only
+    when the new target images differ from the champion's training images (domain-classifier AUC on the
+    champion's features at or above ``shift_auc``)."""
+    shift_auc: float = 0.75
+    """Domain-classifier ROC AUC (0.5 = indistinguishable, 1 = fully separable) from which the target counts as
+    shifted."""
+    sample: int = 512
+    """Target images per side (reference and new) the shift is measured on."""
+
+    def __post_init__(self) -> None:
+        _check(0.5 <= self.shift_auc <= 1.0, "shift_auc", "a float in [0.5, 1]", self.shift_auc)
+        _check(self.sample >= 20, "sample", "an int >= 20", self.sample)
+
+
+@dataclass(frozen=True)
 class MlflowConfig:
     """Experiment tracking."""
 
@@ -481,6 +500,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,7 +26,11 @@ def compiled(tmp_path_factory):
 
 
 def _tasks(spec: dict) -> dict:
-    return spec["root"]["dag"]["tasks"]
+    """Every task: the root DAG's and those of the retrain condition's sub-DAG."""
+    root = spec["root"]["dag"]["tasks"]
+    cond = next(t for t in root.values() if t.get("triggerPolicy"))
+    inner = spec["components"][cond["componentRef"]["name"]]["dag"]["tasks"]
+    return {**root, **inner}
 
 
 def test_dag_edges(compiled):
@@ -34,19 +38,24 @@ def test_dag_edges(compiled):
     tasks = _tasks(spec)
     deps = {name: set(t.get("dependentTasks", [])) for name, t in tasks.items()}
     assert deps["ingest"] == set()
-    assert deps["pretrain"] == {"ingest"}
-    assert deps["finetune"] == {"ingest", "pretrain"}
-    assert deps["evaluate"] == {"ingest", "pretrain", "finetune"}
-    # no condition in the DAG: register always runs and the library's gate decides (as under the CLI and DVC)
-    assert deps["register"] == {"ingest", "finetune", "evaluate"}
-    assert not any(t.get("triggerPolicy") for t in tasks.values())
+    assert deps["schedule"] == {"ingest"}
+    # inside the retrain branch (ingest's outputs reach it through the branch's inputs)
+    assert deps["pretrain"] == set()
+    assert deps["finetune"] == {"pretrain"}
+    assert deps["evaluate"] == {"pretrain", "finetune"}
+    assert deps["register"] == {"finetune", "evaluate"}  # no gate condition: the library's gate decides
+    # training happens only when the schedule's decision (the library's) says so; that task is never cached
+    cond = next(t for t in spec["root"]["dag"]["tasks"].values() if t.get("triggerPolicy"))
+    assert {"ingest", "schedule"} <= set(cond["dependentTasks"]) and "== true" in cond["triggerPolicy"]["condition"]
+    assert {"pretrain", "finetune", "evaluate", "register"}.isdisjoint(spec["root"]["dag"]["tasks"])
+    assert tasks["schedule"]["cachingOptions"].get("enableCache", False) is False
 
 
 def test_gpu_stages_get_accelerators_and_retries_others_do_not(compiled):
     spec = compiled["spec"]
     executors = spec["deploymentSpec"]["executors"]
     tasks = _tasks(spec)
-    for name in ("pretrain", "finetune", "evaluate", "ingest", "register"):
+    for name in ("pretrain", "finetune", "evaluate", "ingest", "schedule", "register"):
         exe = executors[spec["components"][tasks[name]["componentRef"]["name"]]["executorLabel"]]
         res = exe["container"].get("resources", {})
         assert exe["container"]["image"].startswith("ghcr.io/transferops/transferops:")
@@ -107,7 +116,7 @@ def test_parameters_default_from_params_json(tmp_path):
 
 def test_every_task_reads_its_run_id_from_its_pod_label(compiled):
     k8s = compiled["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert len(k8s) == 5
+    assert len(k8s) == 6
     for (
         executor
     ) in k8s.values():  # the key of training state and of the MLflow parent run, without a cache-busting input

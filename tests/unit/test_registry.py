@@ -21,6 +21,7 @@ from transferops.registry.gate import (
     TASK_TAG,
     Candidate,
     GatePolicy,
+    LoggedModel,
     Task,
     decide,
     model_name,
@@ -40,6 +41,7 @@ class World:
         self.client = FakeRegistryClient()
         self.truth: dict[str, float] = {}
         self.rescored: list[str] = []
+        self.vetoes: dict[str, str] = {}
 
     def score(self, uri: str) -> float:
         name, version = uri.removeprefix("models:/").rsplit("/", 1)
@@ -62,7 +64,7 @@ class World:
             Candidate(task, acc, fp, {"transferops.method": "finetune"}),
             policy,
             score_champion=score,
-            log_model=lambda: (f"fake://{fp}", None),
+            log_model=lambda: LoggedModel(f"fake://{fp}", veto=self.vetoes.get(fp)),
             describe=lambda d: f"card: {d.reason}",
             model_description="a test model",
             run_id="run" + fp,
@@ -317,3 +319,17 @@ def test_a_retry_completes_a_registration_that_died_before_its_champion_move(mon
     out = w.register(DIGITS, 0.8, "new")  # the retry
     assert out.retried and out.version == "2" and w.champion() == "2"
     assert len(w.client.versions["m"]) == 2
+
+
+def test_a_vetoed_export_is_registered_but_never_promoted():
+    w = World()
+    w.register(DIGITS, 0.6, "v1")
+    w.vetoes["bad"] = (
+        "ONNX export disagrees with PyTorch (max |diff| 3.1e+00, argmax agreement 0.4000 on 10 test images)"
+    )
+    out = w.register(DIGITS, 0.95, "bad")
+    assert out.version == "2" and not out.decision.promote and w.champion() == "1"
+    assert (
+        out.decision.reason.startswith("ONNX export disagrees")
+        and "otherwise accuracy 0.9500 >=" in out.decision.reason
+    )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from transferops.config import Config, RegisterConfig
@@ -218,6 +218,17 @@ class Candidate:
     """Lineage tags put on the version."""
 
 
+@dataclass(frozen=True)
+class LoggedModel:
+    """What logging a candidate's model produced: where it is, extra version tags, and a veto when a check of
+    the logged artifacts failed (then the version is registered but never promoted)."""
+
+    source: str
+    model_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    veto: str | None = None
+
+
 @dataclass
 class Outcome:
     """What :func:`register_candidate` did."""
@@ -266,7 +277,7 @@ def register_candidate(
     candidate: Candidate,
     policy: GatePolicy,
     score_champion: Callable[[str], float],
-    log_model: Callable[[], tuple[str, str | None]],
+    log_model: Callable[[], LoggedModel],
     describe: Callable[[GateDecision], str],
     model_description: str,
     run_id: str | None = None,
@@ -275,8 +286,8 @@ def register_candidate(
 
     Args:
         score_champion: accuracy of a registered model URI on the candidate's test split.
-        log_model: logs the candidate's model and returns (source URI, MLflow logged-model id or None); called
-            only when a version is created.
+        log_model: logs the candidate's model (called only when a version is created); a veto in what it
+            returns (e.g. an ONNX export that disagrees with PyTorch) keeps the version from being promoted.
         describe: the version's description (model card) for a decision.
         model_description: the registered model's description, set when the name is first claimed.
     """
@@ -297,9 +308,12 @@ def register_candidate(
         record_event(client, name, "gate", seen, "-", "rejected", decision.reason, run_id)
         return Outcome(decision, None, [])
 
-    source, model_id = log_model()
+    logged = log_model()
+    if logged.veto and decision.promote:
+        decision = replace(decision, promote=False, reason=f"{logged.veto}; otherwise {decision.reason}")
     tags = {
         **candidate.tags,
+        **logged.tags,
         FINGERPRINT_TAG: candidate.fingerprint,
         TASK_TAG: candidate.task.to_json(),
         "transferops.classes": ",".join(candidate.task.classes),
@@ -309,7 +323,7 @@ def register_candidate(
         CHAMPION_SEEN_TAG: champion_version or "none",
     }
     mv = client.create_model_version(
-        name, source, run_id=run_id, tags=tags, description=describe(decision), model_id=model_id
+        name, logged.source, run_id=run_id, tags=tags, description=describe(decision), model_id=logged.model_id
     )
     version = str(mv.version)
     twin = _older_twin(client, name, candidate.fingerprint, version)

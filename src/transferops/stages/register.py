@@ -34,6 +34,7 @@ from transferops.registry.gate import (
     Candidate,
     GateDecision,
     GatePolicy,
+    LoggedModel,
     Outcome,
     Task,
     model_name,
@@ -92,6 +93,7 @@ class RegisterInputs:
     metrics: dict[str, Any]
     classes: list[str]
     test: Split
+    target_dir: Path
 
 
 def load_inputs(paths: Paths) -> RegisterInputs:
@@ -118,7 +120,8 @@ def load_inputs(paths: Paths) -> RegisterInputs:
         raise CheckpointError(
             f"{paths.target_model}: trained for classes {ckpt['classes']}, but {paths.target_data} has {classes}"
         )
-    return RegisterInputs(model, ckpt, paths.target_model, sha, metrics, classes, load_split(paths.target_data, "test"))
+    test = load_split(paths.target_data, "test")
+    return RegisterInputs(model, ckpt, paths.target_model, sha, metrics, classes, test, paths.target_data)
 
 
 def make_candidate(cfg: Config, inputs: RegisterInputs, pipeline_run_id: str | None) -> tuple[Candidate, dict]:
@@ -136,19 +139,55 @@ def make_candidate(cfg: Config, inputs: RegisterInputs, pipeline_run_id: str | N
     return Candidate(task, float(inputs.metrics["accuracy"]), fingerprint, tags), lin
 
 
-def log_model(inputs: RegisterInputs, tracker: MlflowTracker) -> tuple[str, str | None]:
-    """Log the model (torch flavour, signature, input example, explicit requirements) and its checkpoint."""
+def _eval_images(inputs: RegisterInputs, n: int) -> np.ndarray:
+    """The first ``n`` test images as the network sees them (float32, centre-cropped to its input size)."""
+    from transferops.data.augment import eval_transform
+
+    x = torch.from_numpy(np.asarray(inputs.test.images[:n])).float() / 255.0
+    return eval_transform(x, inputs.model.input_size).numpy()
+
+
+def log_model(inputs: RegisterInputs, tracker: MlflowTracker, check_images: int = 512) -> LoggedModel:
+    """Log the model (torch flavour, signature, input example, explicit requirements), its checkpoint, and its
+    ONNX export, checked against PyTorch on the test images: an export that disagrees vetoes promotion."""
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
-    example = inputs.test.images[:4].astype(np.float32) / 255.0
+    from transferops.models.export import log_onnx
+
+    images = _eval_images(inputs, check_images)
+    example = images[:4]
     with torch.no_grad():
         signature = infer_signature(example, inputs.model(torch.from_numpy(example)).numpy())
     info = mlflow.pytorch.log_model(
         inputs.model, name="model", signature=signature, input_example=example, pip_requirements=pip_requirements()
     )
     tracker.log_artifact(inputs.model_path, "checkpoint")
-    return info.model_uri, info.model_id
+    c, size = inputs.checkpoint["in_channels"], images.shape[-1]
+    onnx = log_onnx(inputs.model, c, size, images, classes=inputs.classes)
+    log_reference_features(inputs, tracker)
+    tracker.log_metrics({"onnx_max_abs_diff": onnx.max_abs_diff, "onnx_argmax_agreement": onnx.argmax_agreement})
+    veto = None
+    if not onnx.agrees():
+        veto = (
+            f"ONNX export disagrees with PyTorch (max |diff| {onnx.max_abs_diff:.2e}, argmax agreement "
+            f"{onnx.argmax_agreement:.4f} on {onnx.n_images} test images)"
+        )
+    return LoggedModel(info.model_uri, info.model_id, onnx.tags, veto)
+
+
+def log_reference_features(inputs: RegisterInputs, tracker: MlflowTracker, n: int = 512) -> None:
+    """This model's features of its own training target images, kept with the version: what a scheduled run
+    compares new target data with (``schedule.retrain_when: shifted``)."""
+    import tempfile
+
+    from transferops.shift import REFERENCE_ARTIFACT, features, training_sample
+
+    sample = training_sample(inputs.target_dir, n, seed=inputs.checkpoint["config"]["base"]["seed"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
+        np.save(path, features(inputs.model, sample), allow_pickle=False)
+        tracker.log_artifact(path, str(Path(REFERENCE_ARTIFACT).parent))
 
 
 def _pct(x: float | None) -> str:
