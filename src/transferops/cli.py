@@ -119,6 +119,26 @@ def cmd_remote_stage(args: argparse.Namespace) -> int:
     return remote_stage(args.stage, args.staging)
 
 
+def cmd_rank(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from transferops.stages import rank
+    from transferops.tracking import make_tracker
+
+    cfg = _config(args)
+    if args.candidates:
+        cfg = replace(cfg, rank=replace(cfg.rank, candidates=[c for c in args.candidates.split(",") if c.strip()]))
+    result = rank.run(cfg, make_tracker(cfg))
+    table = json.loads(Path(result.outputs["ranking"]).read_text())["table"]
+    if table:
+        print(rank.markdown(table))
+        print(f"best under {cfg.rank.score}: {result.metrics['winner']}")
+    if args.out and not args.no_report and table:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"score": cfg.rank.score, "table": table}, indent=2) + "\n")
+    return 0
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     sys.stdout.write(dump_config(_config(args)))
     return 0
@@ -398,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--staging", required=True, help="where the Kubeflow task staged params, inputs and outputs")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_remote_stage)
+    text = "rank candidate backbones by transferability (LogME, LEEP, NCE, H-score) on the labelled target images"
+    p = sub.add_parser("rank", parents=[common], help=text, description=text)
+    p.add_argument("--candidates", default="", help="comma-separated name or name@weights (default: rank.candidates)")
+    p.add_argument("--out", type=Path, default=Path("reports/ranking.json"), help="the table as JSON")
+    p.add_argument("--no-report", action="store_true", help="write artifacts/rank only (the DVC stage)")
+    p.set_defaults(func=cmd_rank)
     p = sub.add_parser("params", parents=[common], help="print the resolved, validated params")
     p.set_defaults(func=cmd_params)
     p = sub.add_parser("summary", parents=[common], help="print the summary of the last pipeline run")

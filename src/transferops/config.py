@@ -458,6 +458,19 @@ class RegisterConfig:
 
 
 @dataclass(frozen=True)
+class RankConfig:
+    """Transferability ranking of candidate backbones before any fine-tuning (LogME, LEEP, NCE, H-score)."""
+
+    candidates: list[str] = field(default_factory=list)
+    """``name`` or ``name@weights``: a torchvision model (weights a torchvision enum read from TORCH_HOME, or
+    none) or ``smallcnn``; weights may be a transferops checkpoint path (e.g. artifacts/pretrain/model.pt)."""
+    score: Literal["logme", "hscore", "hscore_shrinkage", "leep", "nce", "mean_rank"] = "logme"
+    """The score that picks the winner (mean_rank: the consensus of every score a candidate has)."""
+    apply: bool = False
+    """Use the winner as model.name/model.weights for pretraining (off: rank and report only)."""
+
+
+@dataclass(frozen=True)
 class ScheduleConfig:
     """Whether a (scheduled) pipeline run retrains, decided right after ingest against the current champion."""
 
@@ -501,6 +514,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    rank: RankConfig = field(default_factory=RankConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
     def to_dict(self) -> dict[str, Any]:

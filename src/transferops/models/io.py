@@ -40,11 +40,15 @@ def save_model(
     save_checkpoint(path, payload)
 
 
+def model_config_of(ckpt: dict[str, Any]) -> ModelConfig:
+    """The ``model:`` settings a checkpoint was built with (settings added since keep their defaults)."""
+    fields = ModelConfig.__dataclass_fields__
+    return ModelConfig(**{k: v for k, v in ckpt["model"].items() if k in fields})
+
+
 def build_model(ckpt: dict[str, Any]) -> TransferNet:
     """Rebuild the network a checkpoint describes and load its weights (strictly)."""
-    fields = ModelConfig.__dataclass_fields__
-    m = ModelConfig(**{k: v for k, v in ckpt["model"].items() if k in fields})
-    model = model_from_config(m, len(ckpt["classes"]), ckpt["in_channels"], weights="none")
+    model = model_from_config(model_config_of(ckpt), len(ckpt["classes"]), ckpt["in_channels"], weights="none")
     model.input_size = int(ckpt.get("input_size") or 0)
     model.load_state_dict(ckpt["state_dict"])
     return model

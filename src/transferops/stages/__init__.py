@@ -8,7 +8,7 @@ STAGES = ("ingest", "pretrain", "finetune", "evaluate", "register")
 """The pipeline's stages, in order (``schedule`` is a check between ingest and pretrain, not a stage of its own
 in DVC)."""
 RESUMABLE = ("pretrain", "finetune")
-RUNNABLE = (*STAGES, "schedule")
+RUNNABLE = (*STAGES, "schedule", "rank")
 
 
 def run_stage(name: str, cfg, tracker, restart: bool = False):

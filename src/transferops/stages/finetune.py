@@ -16,11 +16,12 @@ from transferops.data.shards import Split, load_split, read_manifest
 from transferops.errors import CheckpointError
 from transferops.lineage import file_sha256, lineage
 from transferops.models import TransferNet, model_from_config
-from transferops.models.io import load_model
+from transferops.models.io import load_model, model_config_of
 from transferops.paths import Paths
 from transferops.stages.common import StageResult, start_stage, state_store, training_setup, write_trained_model
 from transferops.tracking import NullTracker
 from transferops.training import distributed
+from transferops.training.checkpoint import load_model_checkpoint
 from transferops.training.distributed import SINGLE, Distributed
 from transferops.training.loop import FitResult, load_resume_state, train
 from transferops.training.seeding import resolve_device
@@ -102,10 +103,13 @@ def from_scratch(cfg: Config, log_metrics=None) -> TransferNet | None:
     Same budget as finetune (epochs, steps, batch, augmentation, selection) with the from-scratch learning
     rate of pretrain, since no weights are being preserved. None when the target has no labelled images.
     """
-    manifest = read_manifest(Paths.from_config(cfg).target_data)
+    paths = Paths.from_config(cfg)
+    manifest = read_manifest(paths.target_data)
     if manifest["splits"]["labeled"]["count"] == 0:
         return None
-    model = model_from_config(cfg.model, len(manifest["classes"]), manifest["image_shape"][0], weights="none")
+    # the architecture the transferred model has (the source checkpoint's), with fresh weights
+    arch = model_config_of(load_model_checkpoint(paths.source_model))
+    model = model_from_config(arch, len(manifest["classes"]), manifest["image_shape"][0], weights="none")
     budget = replace(cfg.finetune, lr=cfg.pretrain.lr)
     fit_on_target(
         cfg, model, Strategy(label_smoothing=budget.label_smoothing), budget, True, log_metrics, "from_scratch"

@@ -8,6 +8,7 @@ source dataset version), ``metrics.json``, ``history.json`` (per-epoch metrics f
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from transferops.config import Config
 from transferops.data.shards import load_split, read_manifest
@@ -15,6 +16,7 @@ from transferops.lineage import lineage
 from transferops.models import model_from_config
 from transferops.paths import Paths
 from transferops.stages.common import StageResult, start_stage, state_store, training_setup, write_trained_model
+from transferops.stages.rank import applied_model
 from transferops.tracking import NullTracker
 from transferops.training import distributed
 from transferops.training.loop import load_resume_state, train
@@ -27,6 +29,7 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
     """Train ``cfg.model`` on the source ``labeled`` split, selecting on the source ``val`` split."""
     tracker = tracker or NullTracker()
     start_stage(cfg)
+    cfg = replace(cfg, model=applied_model(cfg))  # the ranking's winner when rank.apply is on
     paths = Paths.from_config(cfg)
     manifest = read_manifest(paths.source_data)
     labeled, val = load_split(paths.source_data, "labeled"), load_split(paths.source_data, "val")
