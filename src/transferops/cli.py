@@ -198,6 +198,14 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_ranking(args: argparse.Namespace) -> int:
+    from transferops.ranking_benchmark import markdown, validate
+
+    names = [n.strip() for n in args.candidates.split(",")] if args.candidates else None
+    print(markdown(validate(_config(args), args.seeds, names, args.out)))
+    return 0
+
+
 def cmd_bench_data(args: argparse.Namespace) -> int:
     from transferops.scale import data, data_markdown
 
@@ -359,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mlflow", action="store_true", help="do not log the figures to MLflow")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_bench_throughput)
+    p = bench.add_parser("ranking", parents=[common], help="do transferability scores predict fine-tuned accuracy?")
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--candidates", default="", help="a subset of the built-in candidates (default: all)")
+    p.add_argument("--out", type=Path, default=Path("reports"))
+    p.set_defaults(func=cmd_bench_ranking)
     p = bench.add_parser("data", help="ingest and one epoch on an ImageFolder: images/s and peak memory")
     p.add_argument("--images", type=int, default=40_000, help="JPEGs to generate (default 40,000)")
     p.add_argument("--size", type=int, default=160, help="their side in px (default 160)")
