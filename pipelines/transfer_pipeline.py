@@ -142,6 +142,54 @@ def build_pipeline(params_path: Path = DEFAULT_PARAMS, overrides: list[str] | tu
     return transfer_pipeline
 
 
+def build_sweep_pipeline(params_path: Path, overrides, points: list[list[str]]):
+    """One ingest and pretrain, then a ``dsl.ParallelFor`` over the sweep's points of finetune + evaluate (the
+    points only vary finetune.* and evaluate.*: :func:`transferops.sweep.check_shared`)."""
+    from transferops.sweep import check_shared
+
+    check_shared(points)
+    data, kfp = resolve(params_path, overrides)
+    cfg = config_from_dict(data)
+    params_text = json.dumps(data, separators=(",", ":"))
+    launch = launch_for(kfp, IMAGE).to_json()
+    items = [{"overrides": p} for p in points]
+
+    @dsl.pipeline(name=f"{kfp.pipeline_name}-sweep", description="A grid over finetune/evaluate settings.")
+    def sweep_pipeline(params_json: str = params_text, seed: int = cfg.base.seed):
+        k = cfg.ingest.target.split.labels_per_class
+        shared = dict(
+            params_json=params_json, seed=seed, method=cfg.finetune.method, labels_per_class=-1 if k is None else k
+        )
+        ingest = _place(c.ingest(overrides=[], **shared), kfp.cpu, kfp).set_caching_options(kfp.cache_ingest)
+        pretrain = _gpu(
+            c.pretrain(source_data=ingest.outputs["source_data"], launch=launch, overrides=[], **shared), kfp
+        )
+        with dsl.ParallelFor(items=items, parallelism=kfp.sweep_parallelism) as point:
+            finetune = _gpu(
+                c.finetune(
+                    launch=launch,
+                    source_data=ingest.outputs["source_data"],
+                    target_data=ingest.outputs["target_data"],
+                    source_model=pretrain.outputs["source_model"],
+                    overrides=point.overrides,
+                    **shared,
+                ),
+                kfp,
+            )
+            _gpu(
+                c.evaluate(
+                    target_data=ingest.outputs["target_data"],
+                    source_model=pretrain.outputs["source_model"],
+                    target_model=finetune.outputs["target_model"],
+                    overrides=point.overrides,
+                    **shared,
+                ),
+                kfp,
+            )
+
+    return sweep_pipeline
+
+
 def compile_pipeline(params_path: Path = DEFAULT_PARAMS, out: Path = DEFAULT_OUT, overrides=()) -> Path:
     """Write the pipeline's IR YAML (``overrides`` applied: ``kfp.*`` ones too)."""
     out = Path(out)
@@ -160,22 +208,8 @@ def run_local(
 ):
     """Run the whole DAG with kfp.local in this environment (resources and kubernetes settings are ignored,
     so the run key a cluster would put in each pod is set here for the task processes)."""
-    import uuid
-
-    from kfp import local
-
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(Path(pipeline_root).resolve()),
-        enable_caching=cache,
-    )
-    previous = os.environ.get(RUN_KEY_ENV)
-    os.environ[RUN_KEY_ENV] = previous or f"local-{uuid.uuid4().hex[:12]}"
-    try:
-        return build_pipeline(params_path, overrides)(**(arguments or {}))
-    finally:
-        if previous is None:
-            os.environ.pop(RUN_KEY_ENV, None)
+    pipeline = build_pipeline(params_path, overrides)
+    return run_local_pipeline(lambda: pipeline(**(arguments or {})), pipeline_root, cache)
 
 
 def local_summary(params_path: Path, pipeline_root: Path, overrides=()) -> str:
@@ -189,6 +223,36 @@ def local_summary(params_path: Path, pipeline_root: Path, overrides=()) -> str:
     return summary_text(
         run / "evaluate" / "evaluation", run / "register" / "registration", f"{run}/", resolve_tracking_uri(cfg.mlflow)
     )
+
+
+def run_local_pipeline(pipeline, pipeline_root: Path, cache: bool = False):
+    """Run a built pipeline function under kfp.local (see :func:`run_local`)."""
+    import uuid
+
+    from kfp import local
+
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(Path(pipeline_root).resolve()),
+        enable_caching=cache,
+    )
+    previous = os.environ.get(RUN_KEY_ENV)
+    os.environ[RUN_KEY_ENV] = previous or f"local-{uuid.uuid4().hex[:12]}"
+    try:
+        return pipeline()
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_KEY_ENV, None)
+
+
+def submit_pipeline(host: str, pipeline, experiment: str = "transferops", run_name: str | None = None):
+    """Compile a built pipeline function and start one run of it on a KFP server."""
+    with tempfile.TemporaryDirectory() as tmp:
+        package = Path(tmp) / "pipeline.yaml"
+        compiler.Compiler().compile(pipeline, str(package))
+        return _client(host).create_run_from_pipeline_package(
+            str(package), arguments={}, run_name=run_name, experiment_name=experiment
+        )
 
 
 def _client(host: str, namespace: str | None = None):

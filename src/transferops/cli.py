@@ -139,6 +139,85 @@ def cmd_rank(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """A grid of overrides on DVC's queue, a Kubeflow ParallelFor (local or on a server), or Katib."""
+    from transferops import sweep
+    from transferops.tracking import MlflowTracker
+
+    cfg = _config(args)
+    points = sweep.expand(args.grid)
+    log.info("sweep: %d points on %s", len(points), args.engine)
+    if args.engine == "katib":
+        return _sweep_katib(args, cfg, points)
+    if args.engine in ("kfp-local", "kubeflow"):
+        sweep.check_shared(points)
+    tracker = MlflowTracker(cfg.mlflow)
+    parent = tracker.start_pipeline_run(f"sweep-{len(points)}-points", cfg)
+    tracker.mlflow.MlflowClient().set_tag(parent, "transferops.kind", "sweep")
+    status = "FAILED"
+    try:
+        if args.engine == "dvc":
+            if args.set:
+                raise TransferopsError("--set with --engine dvc: put base settings in params.yaml (DVC tracks it)")
+            table = sweep.run_dvc(cfg, points, args.jobs, tracker)
+        else:
+            cli = _pipelines_cli()
+            if cli is None:
+                raise TransferopsError("pipelines/ not found: Kubeflow sweeps run from the transferops checkout")
+            from pipelines import transfer_pipeline as p
+
+            pipeline = p.build_sweep_pipeline(args.params, list(args.set), points)
+            if args.engine == "kubeflow":
+                if not args.host:
+                    raise TransferopsError("--engine kubeflow needs --host (the KFP API endpoint)")
+                run = p.submit_pipeline(args.host, pipeline, experiment=args.experiment)
+                print(f"submitted sweep run {run.run_id} ({len(points)} points)")
+                table = []
+            else:
+                os.environ["TRANSFEROPS_SWEEP_PARENT"] = parent
+                p.run_local_pipeline(pipeline, args.pipeline_root)
+                table = sweep.kfp_local_table(args.pipeline_root, points)
+        status = "FINISHED"
+    finally:
+        os.environ.pop("TRANSFEROPS_SWEEP_PARENT", None)
+        tracker.end_pipeline_run(status)
+    if table:
+        text = sweep.markdown(table)
+        print(text)
+        tracker.mlflow.MlflowClient().log_text(parent, text, "sweep.md")
+        best = max(table, key=lambda r: r.get("accuracy") or 0)
+        tracker.log_to_parent({"best_accuracy": best.get("accuracy")}, {"transferops.best_point": best["point"]})
+    return 0
+
+
+def _sweep_katib(args: argparse.Namespace, cfg: Config, points: list[list[str]]) -> int:
+    import yaml as _yaml
+
+    from components.image import IMAGE
+    from transferops import sweep
+    from transferops.kubeflow import katib
+    from transferops.kubeflow.settings import load_kfp_config
+
+    kfp = load_kfp_config(args.params, list(args.set))
+    manifest = sweep.katib_manifest(
+        cfg, points, args.name, IMAGE, kfp, [o for o in args.set if not o.startswith("kfp.")]
+    )
+    if args.dry_run:
+        print(_yaml.safe_dump(manifest, sort_keys=False))
+        return 0
+    created = katib.create_experiment(manifest)
+    meta = created["metadata"]
+    print(f"created Katib Experiment {meta['namespace']}/{meta['name']} ({len(points)} trials)")
+    return 0
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    from transferops.sweep import trial
+
+    print(f"val_accuracy={trial(_config(args))}")
+    return 0
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     sys.stdout.write(dump_config(_config(args)))
     return 0
@@ -437,6 +516,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("reports/ranking.json"), help="the table as JSON")
     p.add_argument("--no-report", action="store_true", help="write artifacts/rank only (the DVC stage)")
     p.set_defaults(func=cmd_rank)
+    text = "run a grid of overrides: DVC's experiment queue, a Kubeflow ParallelFor, or a Katib Experiment"
+    p = sub.add_parser("sweep", parents=[common], help=text, description=text)
+    p.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2", help="e.g. finetune.lr=1e-3,3e-4")
+    p.add_argument("--engine", default="dvc", choices=("dvc", "kfp-local", "kubeflow", "katib"))
+    p.add_argument("--jobs", type=int, default=1, help="DVC queue workers (default 1)")
+    p.add_argument("--pipeline-root", type=Path, default=Path("artifacts/kfp-local"))
+    p.add_argument("--host", default="", help="KFP API endpoint (--engine kubeflow)")
+    p.add_argument("--experiment", default="transferops")
+    p.add_argument("--name", default="transferops-sweep", help="Katib Experiment name")
+    p.add_argument("--dry-run", action="store_true", help="katib: print the Experiment instead of creating it")
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser(
+        "trial", parents=[common], help="one Katib trial: ingest, pretrain, finetune; report val_accuracy"
+    )
+    p.set_defaults(func=cmd_trial)
     p = sub.add_parser("params", parents=[common], help="print the resolved, validated params")
     p.set_defaults(func=cmd_params)
     p = sub.add_parser("summary", parents=[common], help="print the summary of the last pipeline run")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +25,8 @@ def component_config(params_json: str, seed: int, method: str, labels_per_class:
     """The Config of one pipeline run: the params compiled into the pipeline (JSON) plus its named run-time
     parameters and ``overrides``; ``labels_per_class`` -1 means null (all). A ``kfp.*`` override is refused
     here: node pools, retries and caching are compiled into the pipeline and cannot change at run time."""
+    if overrides:  # a sweep's point (or run-time overrides): its stage runs form a pipeline run of their own
+        os.environ["TRANSFEROPS_SWEEP_POINT"] = ", ".join(overrides)
     k = "null" if labels_per_class < 0 else labels_per_class
     named = [
         f"base.seed={seed}",

@@ -98,6 +98,8 @@ class KfpConfig:
     cron: str = "0 0 3 * * *"
     """Recurring runs: KFP's 6-field cron (seconds first)."""
     max_concurrency: int = 1
+    sweep_parallelism: int = 4
+    """Points of a sweep (``transferops sweep --engine kubeflow``) trained at the same time."""
     catchup: bool = False
     namespace: str = "kubeflow"
     """Namespace of the Trainer jobs the pipeline creates when ``distributed`` is on."""
@@ -108,6 +110,7 @@ class KfpConfig:
         _check(bool(self.namespace), "namespace", "a Kubernetes namespace", self.namespace)
         _check(len(self.cron.split()) == 6, "cron", "a 6-field cron expression (seconds first)", self.cron)
         _check(self.max_concurrency >= 1, "max_concurrency", "an int >= 1", self.max_concurrency)
+        _check(self.sweep_parallelism >= 1, "sweep_parallelism", "an int >= 1", self.sweep_parallelism)
 
 
 def kfp_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> KfpConfig:

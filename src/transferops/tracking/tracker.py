@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 PARENT_ENV = "TRANSFEROPS_PARENT_RUN_ID"
 EXECUTION_TAG = "transferops.execution"
+POINT_ENV = "TRANSFEROPS_SWEEP_POINT"
 DEFAULT_DB = "mlflow.db"
 
 
@@ -136,6 +137,9 @@ class MlflowTracker(NullTracker):
         }
         if execution:
             tags[EXECUTION_TAG] = execution
+        sweep = os.environ.get("TRANSFEROPS_SWEEP_PARENT")
+        if sweep:  # a point of a sweep: its pipeline run nests under the sweep's run
+            tags["mlflow.parentRunId"] = sweep
         run = client.create_run(self.experiment_id, run_name=name or pipeline_run_name(cfg), tags=tags)
         self.parent_run_id = run.info.run_id
         from mlflow.entities import Param
@@ -315,7 +319,8 @@ def execution_key() -> tuple[str | None, int | None]:
     """
     run_key = os.environ.get("TRANSFEROPS_RUN_KEY")
     if run_key:
-        return f"kfp:{run_key}", None
+        point = os.environ.get(POINT_ENV)  # a sweep's point: its tasks are a pipeline run of their own
+        return f"kfp:{run_key}" + (f":{point}" if point else ""), None
     if not os.environ.get("DVC_STAGE"):
         return None, None
     pid = os.getppid()
