@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run repro test test-services test-slow test-all lint services bench bench-methods data-push data-pull lock clean clean-all
+.PHONY: install run repro test test-services test-slow test-all lint services bench bench-methods bench-targets data-push data-pull lock clean clean-all
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=python3.11-or-newer)"; exit 1; }
@@ -55,6 +55,10 @@ bench: $(STAMP)
 ## every transfer method on the embedded default, 5 seeds -> reports/methods.{json,md}, label_efficiency.png
 bench-methods: $(STAMP)
 	$(BIN)/transferops benchmark methods --seeds 5
+
+## the default pipeline on generated user-like targets (colour, inverted polarity, unseen font) -> reports/targets.*
+bench-targets: $(STAMP)
+	$(BIN)/transferops benchmark targets --seeds 3
 
 ## version the data with DVC on the remote configured in .dvc/config (see README: credentials from the environment)
 data-push: $(STAMP)

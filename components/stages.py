@@ -6,6 +6,8 @@ library: ``transferops.kfp_io`` links the input artifacts into the layout the st
 ``transferops`` themselves because KFP ships each function's source, not this module, into the container.
 """
 
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
@@ -84,19 +86,21 @@ def finetune(
     labels_per_class: int,
     overrides: list,
     launch: str,
-    source_data: Input[Dataset],
     target_data: Input[Dataset],
     source_model: Input[Model],
     target_model: Output[Model],
     metrics: Output[Metrics],
+    source_data: Optional[Input[Dataset]] = None,  # noqa: UP045 (KFP reads this annotation)
 ):
     """Transfer the source model to the target domain with the configured method (transferops.stages.finetune);
-    ``launch`` (compiled in) runs it in this pod, under torchrun on its GPUs, or as a Kubeflow Trainer job."""
+    ``launch`` (compiled in) runs it in this pod, under torchrun on its GPUs, or as a Kubeflow Trainer job.
+    ``source_data`` is left unconnected for a source-free method (``shot``): the source model alone travels."""
 
     from transferops import kfp_io
 
     cfg = kfp_io.component_config(params_json, seed, method, labels_per_class, overrides)
-    inputs = {"source_data": source_data.path, "target_data": target_data.path, "source_model": source_model.path}
+    inputs = {"target_data": target_data.path, "source_model": source_model.path}
+    inputs.update(kfp_io.source_data_input(cfg, source_data and source_data.path))
     outputs = {"target_model": target_model.path}
     result, _ = kfp_io.run_stage_in_workspace("finetune", cfg, inputs, outputs, launch)
     target_model.metadata["method"] = result.lineage.get("method", method)

@@ -32,6 +32,7 @@ from transferops.config import apply_overrides, config_from_dict, read_params
 from transferops.kubeflow.launch import launch_for
 from transferops.kubeflow.settings import KfpConfig, NodePoolConfig, kfp_from_dict
 from transferops.training.state import RUN_KEY_ENV
+from transferops.transfer import STRATEGIES
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def build_pipeline(params_path: Path = DEFAULT_PARAMS, overrides: list[str] | tu
     params_text = json.dumps(data, separators=(",", ":"))
     k = cfg.ingest.target.split.labels_per_class
     launch = launch_for(kfp, IMAGE).to_json()  # how the training tasks run: one process, torchrun or a TrainJob
+    needs_source = STRATEGIES[cfg.finetune.method].uses_source_data
 
     @dsl.pipeline(name=kfp.pipeline_name, description="Transfer a source-domain model to a target domain.")
     def transfer_pipeline(
@@ -105,12 +107,14 @@ def build_pipeline(params_path: Path = DEFAULT_PARAMS, overrides: list[str] | tu
         with dsl.If(check.output == True, name="retrain"):  # noqa: E712
             pretrain = _gpu(c.pretrain(source_data=ingest.outputs["source_data"], launch=launch, **common), kfp)
             pretrain.set_display_name("pretrain")
+            # a source-free method's task gets the source model only: the source data need not reach it
+            source = {"source_data": ingest.outputs["source_data"]} if needs_source else {}
             finetune = _gpu(
                 c.finetune(
                     launch=launch,
-                    source_data=ingest.outputs["source_data"],
                     target_data=ingest.outputs["target_data"],
                     source_model=pretrain.outputs["source_model"],
+                    **source,
                     **common,
                 ),
                 kfp,

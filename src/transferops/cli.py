@@ -307,6 +307,15 @@ def _log_benchmark(name: str, report: dict) -> None:
         tracker.mlflow.log_metrics({k: float(v) for k, v in nums.items()})
 
 
+def cmd_bench_targets(args: argparse.Namespace) -> int:
+    from transferops.bench import targets, targets_markdown
+
+    names = [t.strip() for t in args.targets.split(",")] if args.targets else None
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    print(targets_markdown(targets(_config(args), args.seeds, names, methods, args.out)))
+    return 0
+
+
 def _pipelines_cli():
     """The ``pipelines`` package of the checkout this CLI runs in (the Kubeflow adapter), or None."""
     for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
@@ -462,6 +471,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_bench_data)
+    text = "the pipeline on generated targets of the kind a new user brings (colour, inverted, unseen font)"
+    p = bench.add_parser("targets", parents=[common], help=text)
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    p.add_argument("--targets", default="", help="comma-separated subset (default: all)")
+    p.add_argument("--methods", default="", help="other methods to score on the same source model (comma-separated)")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="report directory (default reports/)")
+    p.set_defaults(func=cmd_bench_targets)
     pipelines_cli = _pipelines_cli()
     if pipelines_cli is not None:
         pipelines_cli.add_parser(sub, common)

@@ -214,9 +214,8 @@ class TrainConfig:
     sync_bn: bool = False
     """Under data parallelism (torchrun), normalise BatchNorm over the global batch (GPUs only)."""
     select_best: bool = True
-    """Keep the weights of the epoch with the best validation accuracy, not the last. In finetune this uses
-    the labelled target val split only when the target has labelled training images: with none (k = 0,
-    unsupervised adaptation) the last epoch is kept, so model selection never peeks at target labels."""
+    """Keep the weights of the epoch with the best validation score, not the last (pretrain: source val
+    accuracy). finetune chooses what is scored with ``finetune.select`` instead."""
     early_stopping_patience: int = 0
     """Stop after this many epochs without validation improvement; 0 = never."""
     checkpoint_every_steps: int = 0
@@ -235,10 +234,19 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "weight_decay", "a float >= 0", self.weight_decay)
         _check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "a float in [0, 1)", self.label_smoothing)
 
+    def budget(self, **changes: Any) -> TrainConfig:
+        """The training budget alone (a plain :class:`TrainConfig`), with ``changes`` applied."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{**values, **changes})
+
 
 @dataclass(frozen=True)
 class PretrainConfig(TrainConfig):
     """Training on the labelled source domain."""
+
+    augment: str = "affine+photometric"
+    """The source model meets targets that look unlike its source (polarity, colour, contrast): photometric
+    augmentation on half the source images readies it (``transferops.data.augment``)."""
 
 
 # ---- transfer methods: one typed sub-section per method; the strategy of the same name reads it
@@ -375,6 +383,63 @@ class MCCConfig(AdaptationConfig):
         _check(self.temperature > 0, "temperature", "a float > 0", self.temperature)
 
 
+@dataclass(frozen=True)
+class CDANConfig(DANNConfig):
+    """Conditional adversarial: the discriminator sees the multilinear map of features and predictions."""
+
+    entropy_conditioning: bool = True
+    """CDAN+E: weight each example's domain loss by 1 + exp(-entropy of its prediction) (confident examples,
+    whose conditioning is meaningful, count more)."""
+    randomized_dim: int = 1024
+    """When features x classes exceed 4096, the multilinear map is approximated by a fixed random projection
+    to this many dimensions (the paper's randomized multilinear map)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.randomized_dim > 0, "randomized_dim", "an int > 0", self.randomized_dim)
+
+
+@dataclass(frozen=True)
+class SHOTConfig(MethodConfig):
+    """Source-free adaptation: frozen source head, information maximisation and clustering pseudo-labels on
+    the unlabelled target. Needs the source model only, never the source data."""
+
+    diversity_weight: float = 1.0
+    """Weight of the diversity term -H(mean prediction) of information maximisation (its entropy term has
+    weight 1)."""
+    pseudo_label_weight: float = 0.3
+    """Weight of the cross-entropy on the self-supervised pseudo-labels (nearest class centroid)."""
+    target_weight: float = 1.0
+    """Weight of the cross-entropy on labelled target images, when there are any."""
+
+    def __post_init__(self) -> None:
+        for key in ("diversity_weight", "pseudo_label_weight", "target_weight"):
+            _check(getattr(self, key) >= 0, key, "a float >= 0", getattr(self, key))
+
+
+@dataclass(frozen=True)
+class FixMatchConfig(MethodConfig):
+    """Semi-supervised transfer (k > 0): labelled target CE + pseudo-labels from a weakly augmented view,
+    kept when confident, trained on a strongly augmented view of the same unlabelled images."""
+
+    threshold: float = 0.95
+    """Confidence a weak-view prediction needs to become a pseudo-label."""
+    unlabeled_weight: float = 1.0
+    """Weight (lambda_u) of the pseudo-label loss."""
+    strong_augment: str = "randaug+photometric"
+    """The strong view: an augmentation policy (``train.augment`` syntax) applied on top of the weak view,
+    which is ``finetune.augment``."""
+
+    def __post_init__(self) -> None:
+        _check(0 < self.threshold < 1, "threshold", "a float in (0, 1)", self.threshold)
+        _check(self.unlabeled_weight >= 0, "unlabeled_weight", "a float >= 0", self.unlabeled_weight)
+        unknown = [p for p in self.strong_augment.split("+") if p not in AUGMENT_POLICIES]
+        _check(not unknown, "strong_augment", f"policies among {', '.join(AUGMENT_POLICIES)} joined by +", unknown)
+
+
+SELECTION_CRITERIA = ("snd",)
+"""Label-free model-selection criteria (``transferops.evaluation.selection``): ``finetune.select`` may name one."""
+
 RENAMED_METHODS = {"finetune": "full_finetune"}
 """Old method names: a params file that still uses one gets a message naming the new one."""
 RENAMED_KEYS = {"finetune.finetune": "finetune.full_finetune"}
@@ -398,9 +463,21 @@ class FinetuneConfig(TrainConfig):
     mmd: MMDConfig = field(default_factory=MMDConfig)
     coral: CoralConfig = field(default_factory=CoralConfig)
     mcc: MCCConfig = field(default_factory=MCCConfig)
+    cdan: CDANConfig = field(default_factory=CDANConfig)
+    shot: SHOTConfig = field(default_factory=SHOTConfig)
+    fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)
+    select: str = "val"
+    """Which epoch's weights are kept. ``val``: the best labelled target val accuracy when the target has
+    labelled training images; with none (k = 0) no target label may be read, so the last epoch. ``last``: the
+    last epoch. ``snd``: the best soft neighbourhood density of the predictions on the unlabelled target
+    (Saito et al., 2021): label-free, usable at k = 0."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        choices = ("last", "val", *SELECTION_CRITERIA)
+        _check(self.select in choices, "select", f"one of {', '.join(choices)}", self.select)
+        if not self.select_best:
+            raise ConfigError("select_best: finetune.select_best is replaced by finetune.select (last | val | snd)")
         methods = method_names()
         if self.method in RENAMED_METHODS:
             raise ConfigError(f"method: {self.method!r} was renamed {RENAMED_METHODS[self.method]!r}")

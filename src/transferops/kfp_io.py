@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from transferops.config import Config, config_from_dict
+from transferops.errors import ConfigError
 from transferops.paths import Paths
 from transferops.stages.common import StageResult, read_json
 
@@ -60,6 +61,21 @@ def run_stage_in_workspace(
             shutil.rmtree(dest)
         shutil.copytree(layout.artifact(name), dest)
     return result, ws
+
+
+def source_data_input(cfg: Config, path: str | None) -> dict[str, str]:
+    """The finetune task's ``source_data`` input: absent for a source-free method; for any other method its
+    absence is a one-line error naming the method (the DAG was compiled for a source-free one)."""
+    from transferops.transfer import STRATEGIES
+
+    if not STRATEGIES[cfg.finetune.method].uses_source_data:
+        return {}
+    if not path:
+        raise ConfigError(
+            f"finetune.method: {cfg.finetune.method} trains on the source data, but this pipeline's finetune task "
+            "has no source_data input (it was compiled for a source-free method): recompile with this method"
+        )
+    return {"source_data": path}
 
 
 def training_metrics(result: StageResult, output_dir: str) -> dict[str, Any]:

@@ -62,8 +62,10 @@ def summary_text(evaluate_dir: Path, register_dir: Path, outputs: str, tracking_
             f"  source-only baseline  {_pct(m.get('source_only_accuracy'))}",
             f"  from-scratch baseline {_pct(m.get('from_scratch_accuracy'))}",
             f"  transfer gain         {'   n/a' if gain is None else f'{100 * gain:+5.1f}'} points",
+            *([f"  WARNING               {m['negative_transfer']}"] if m.get("negative_transfer") else []),
             f"  registered model      {registered}",
-            f"  gate                  {'promoted to champion' if r['promoted'] else 'not promoted'}: {r['reason']}",
+            f"  gate                  {'promoted to champion' if r['promoted'] else 'not promoted'}: "
+            f"{r['reason'].split('; WARNING')[0]}",
             f"  outputs               {outputs}",
             f"  MLflow UI             {ui}",
             "",

@@ -25,12 +25,18 @@ def test_methods_benchmark_report_and_mlflow_runs(tiny_cfg, tmp_path):
     assert [(e["method"], e["labels_per_class"]) for e in report["extra"]] == [("coral", 2)]
     for entry in (*report["methods"].values(), *report["extra"]):
         assert 0.0 <= entry["accuracy_mean"] <= 1.0 and entry["seconds"] > 0 and entry["runs"] == 1
+        assert list(entry["per_seed"]) == [str(tiny_cfg.base.seed)]
     assert report["baselines"]["source_only"]["labels_per_class"] == 0
     assert report["baselines"]["from_scratch"]["labels_per_class"] == 2
     curve = report["curve"]
     assert curve["labels_per_class"] == [0, 2]
     assert curve["from_scratch"][0] is None and curve["full_finetune"][0] is None and curve["coral"][0] is not None
     assert curve["full_finetune"][1] == pytest.approx(report["methods"]["full_finetune"]["accuracy_mean"])
+    assert report["curve_std"]["coral"] == [0.0, 0.0]  # one seed: error bars of zero
+    # the label-free criterion's pick vs the last epoch, scored offline on the test split, at k = 0
+    selection = report["selection"]
+    assert selection["criterion"] == "snd" and set(selection["methods"]) == {"coral"}
+    assert sum(selection["methods"]["coral"][key] for key in ("better", "same", "worse")) == 1
     out = tmp_path / "reports"
     assert json.loads((out / "methods.json").read_text()) == report
     assert "| coral | 0 |" in (out / "methods.md").read_text()

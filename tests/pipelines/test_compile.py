@@ -168,3 +168,30 @@ def test_distribution_on_compiles_a_trainjob_launch_into_the_training_tasks(tmp_
     plain = _tasks(_compile(REPO / "params.yaml", tmp_path / "q.yaml", ["kfp.gpu.accelerator_limit=4"])["spec"])
     launch = json.loads(plain["finetune"]["inputs"]["parameters"]["launch"]["runtimeValue"]["constant"])
     assert launch == {"nproc": 4, "trainjob": {}}
+
+
+def test_a_source_free_method_compiles_a_finetune_task_without_the_source_data(tmp_path):
+    """``shot`` adapts with the source model alone: its finetune task has no source_data input, so the source
+    dataset never reaches the pod; other methods keep the edge."""
+
+    def finetune_inputs(sets):
+        task = _tasks(_compile(REPO / "params.yaml", tmp_path / "p.yaml", sets)["spec"])["finetune"]
+        return set(task["inputs"].get("artifacts", {}))
+
+    assert finetune_inputs(["finetune.method=shot"]) == {"target_data", "source_model"}
+    assert finetune_inputs(["finetune.method=dann"]) == {"source_data", "target_data", "source_model"}
+
+
+def test_a_method_that_needs_the_source_data_refuses_a_task_without_it():
+    from transferops import kfp_io
+    from transferops.config import Config
+    from transferops.errors import ConfigError
+
+    cfg = Config()
+    shot = kfp_io.component_config(json.dumps(cfg.to_dict()), 0, "shot", 0, [])
+    assert kfp_io.source_data_input(shot, None) == {}
+    dann = kfp_io.component_config(json.dumps(cfg.to_dict()), 0, "dann", 0, [])
+    with pytest.raises(ConfigError, match="dann trains on the source data") as e:
+        kfp_io.source_data_input(dann, None)
+    assert "\n" not in str(e.value)
+    assert kfp_io.source_data_input(dann, "/x") == {"source_data": "/x"}

@@ -52,3 +52,16 @@ def test_failing_gate_registers_nothing(tiny_params, tmp_path, monkeypatch):
     assert reg["registered"] is False and reg["version"] is None and "min_accuracy" in reg["reason"]
     mlflow.set_tracking_uri(uri)
     assert mlflow.MlflowClient().search_model_versions("name = 'transferops-digits'") == []
+
+
+def test_source_free_dag_runs_without_the_source_data_reaching_finetune(tiny_params, tmp_path, monkeypatch):
+    """Compiled for ``shot`` at k = 0, the finetune task is given no source data and still adapts."""
+    from pipelines.transfer_pipeline import run_local
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'kfp-mlflow.db'}")
+    sets = ["finetune.method=shot", "ingest.target.split.labels_per_class=0"]
+    run_local(tiny_params, tmp_path / "root", overrides=sets)
+    run = _run_dir(tmp_path / "root")
+    metrics = json.loads((run / "evaluate" / "metrics").read_text())
+    assert metrics["method"] == "shot" and metrics["labels_per_class"] == 0
+    assert metrics["accuracy"] > 0.1

@@ -45,7 +45,20 @@ def _train(model, strategy, streams=("labeled",), steps=6, lr=1e-2, epochs=1):
 
 
 def test_every_method_is_registered():
-    assert set(STRATEGIES) == {"linear_probe", "full_finetune", "l2sp", "kd", "joint", "dann", "mmd", "coral", "mcc"}
+    assert set(STRATEGIES) == {
+        "linear_probe",
+        "full_finetune",
+        "l2sp",
+        "kd",
+        "joint",
+        "dann",
+        "mmd",
+        "coral",
+        "mcc",
+        "cdan",
+        "shot",
+        "fixmatch",
+    }
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         get_strategy("nope", LinearProbeConfig())
 
@@ -276,3 +289,234 @@ def test_dann_discriminator_is_trained_and_saved_with_the_state():
     assert t.active == ["source", "unlabeled", "labeled"]  # labelled target joins when present
     assert not torch.equal(d0, strategy.modules()["discriminator"][0].weight)
     assert any(k.startswith("discriminator.") for k in t._state()["extra"])
+
+
+def test_source_data_is_read_only_by_methods_that_declare_it():
+    for name, cls in STRATEGIES.items():
+        assert cls.uses_source_data == ("source" in (*cls.streams, *cls.optional_streams)), name
+    assert STRATEGIES["shot"].uses_source_data is False and STRATEGIES["dann"].uses_source_data is True
+
+
+# ---------------------------------------------------------------------------------------------- BatchNorm per domain
+def _bn_case(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.rand(8, 1, 12, 12, generator=g) * 0.2  # dark source
+    xt = 0.8 + torch.rand(8, 1, 12, 12, generator=g) * 0.2  # bright target
+    return xs, xt, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+
+
+def _first_bn(model):
+    return next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize("name", ["dann", "mmd", "coral", "mcc", "cdan", "joint"])
+def test_batchnorm_sees_each_domain_separately_and_keeps_target_statistics(name):
+    """After one step: the running statistics are the target batch's alone (whatever the source batch), and the
+    source predictions depend on the source batch alone (whatever the target batch)."""
+    xs, xt, ys = _bn_case()
+    model = create_model("smallcnn", 3, width=8)
+    cfg = getattr(FinetuneConfig(), name)
+    strategy = get_strategy(name, cfg)
+    strategy.prepare(model, ctx())
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def step(xs, xt):
+        model.load_state_dict(init)
+        model.train()
+        strategy.modules().train()
+        if name == "joint":
+            batches = {"labeled": (xt, ys), "source": (xs, ys)}
+        else:
+            batches = {"source": (xs, ys), "unlabeled": (xt, ys)}
+        torch.manual_seed(0)
+        _, parts = strategy.loss(model, batches, 0.5)
+        bn = _first_bn(model)
+        return bn.running_mean.clone(), bn.running_var.clone(), float(parts["ce_source"])
+
+    mean, var, ce_s = step(xs, xt)
+    # the target batch alone, through a copy: what its statistics give
+    alone = create_model("smallcnn", 3, width=8)
+    alone.load_state_dict(init)
+    alone.train()
+    alone.features(xt)
+    assert torch.allclose(mean, _first_bn(alone).running_mean, atol=1e-6)
+    assert torch.allclose(var, _first_bn(alone).running_var, atol=1e-5)
+    # another source batch: same running statistics; another target batch: same source loss
+    mean2, var2, _ = step(xs.flip(0) * 0.5, xt)
+    assert torch.equal(mean, mean2) and torch.equal(var, var2)
+    if name != "joint":  # joint's source loss is computed on the source head of the same features
+        _, _, ce_s2 = step(xs, xt.flip(0) * 0.9)
+        assert ce_s2 == pytest.approx(ce_s, rel=1e-6)
+    # a single mixed pass would have given other statistics
+    mixed = create_model("smallcnn", 3, width=8)
+    mixed.load_state_dict(init)
+    mixed.train()
+    mixed.features(torch.cat([xs, xt]))
+    assert not torch.allclose(mean, _first_bn(mixed).running_mean, atol=1e-3)
+
+
+def test_running_stats_frozen_restores_momentum_and_counter():
+    from transferops.transfer.domains import running_stats_frozen
+
+    bn = torch.nn.BatchNorm1d(4)
+    before = bn.running_mean.clone()
+    with running_stats_frozen(bn):
+        out = bn(torch.randn(16, 4) + 5)
+    assert torch.equal(bn.running_mean, before) and bn.momentum == 0.1 and int(bn.num_batches_tracked) == 0
+    assert out.mean().abs() < 1e-5  # still normalised with the batch's own statistics
+    bn(torch.randn(16, 4) + 5)
+    assert bn.running_mean.mean() > 0.3
+
+
+# ---------------------------------------------------------------------------------------------- CDAN
+def test_cdan_discriminator_sees_the_multilinear_map_and_weights_by_entropy():
+    from transferops.config import CDANConfig
+    from transferops.transfer.losses import entropy
+
+    model = create_model("smallcnn", 3, width=8)
+    strategy = get_strategy("cdan", CDANConfig(hidden=16))
+    strategy.prepare(model, ctx())
+    disc = strategy.modules()["discriminator"]
+    assert disc[0].in_features == model.feature_dim * 3
+    seen = {}
+    disc[0].register_forward_hook(lambda m, inp, out: seen.update(h=inp[0].detach()))
+    g = torch.Generator().manual_seed(0)
+    fs, ft = torch.rand(4, model.feature_dim, generator=g), torch.rand(5, model.feature_dim, generator=g)
+    ls = torch.tensor([[9.0, 0, 0], [0, 9, 0], [0, 0, 9], [1, 1, 1]])  # three confident, one uncertain
+    lt = torch.randn(5, 3, generator=g)
+    disc.eval()
+    loss, logs = strategy.align(fs, ft, ls, lt, 1.0)
+    p = F.softmax(torch.cat([ls, lt]), 1)
+    f = torch.cat([fs, ft])
+    h = seen["h"].view(9, 3, -1)
+    assert torch.allclose(h, p[:, :, None] * f[:, None, :], atol=1e-6)  # h = g (x) f, one block per class
+    with torch.no_grad():
+        d = disc(seen["h"]).squeeze(1)
+    w = 1 + torch.exp(-entropy(torch.cat([ls, lt])))
+    w = w / w.sum() * 9
+    expected = F.binary_cross_entropy_with_logits(d, torch.tensor([1.0] * 4 + [0.0] * 5), weight=w)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert w[0] > w[3]  # the confident source example weighs more than the uncertain one
+
+
+def test_cdan_uses_a_random_map_when_the_full_map_is_too_wide():
+    from transferops.config import CDANConfig
+
+    model = create_model("smallcnn", 50, width=32)  # 128 features x 50 classes > 4096
+    strategy = get_strategy("cdan", CDANConfig(hidden=16, randomized_dim=64))
+    strategy.prepare(model, ctx(50))
+    assert strategy.modules()["discriminator"][0].in_features == 64 and "random_map" in strategy.modules()
+    loss, _ = strategy.align(torch.rand(4, 128), torch.rand(4, 128), torch.randn(4, 50), torch.randn(4, 50), 0.3)
+    assert math.isfinite(float(loss))
+
+
+# ---------------------------------------------------------------------------------------------- SHOT
+def test_shot_centroids_recover_clusters_from_noisy_predictions():
+    from transferops.transfer.losses import nearest_centroid, shot_centroids
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(3) * 5
+    truth = torch.arange(60) % 3
+    feats = centres[truth] + 0.3 * torch.rand(60, 3, generator=g)
+    noisy = truth.clone()
+    noisy[::4] = (truth[::4] + 1) % 3  # a quarter of the predictions are wrong
+    probs = F.one_hot(noisy, 3).float() * 0.8 + 0.2 / 3
+    centroids, valid = shot_centroids(feats, probs)
+    assert valid.all()
+    assert torch.equal(nearest_centroid(feats, centroids, valid), truth)
+    # a class never predicted gets no centroid and no pseudo-label
+    _, valid = shot_centroids(feats, F.one_hot(truth.clamp(max=1), 3).float())
+    assert valid.tolist() == [True, True, False]
+
+
+def test_information_maximisation_rewards_confident_and_diverse_predictions():
+    from transferops.transfer.losses import information_maximisation
+
+    confident_diverse = torch.eye(4).repeat(3, 1) * 20
+    collapsed = torch.zeros(12, 4)
+    collapsed[:, 0] = 20
+    ent, div = information_maximisation(confident_diverse)
+    assert float(ent) < 1e-3 and float(div) == pytest.approx(math.log(4), abs=1e-3)
+    ent, div = information_maximisation(collapsed)
+    assert float(ent) < 1e-3 and float(div) < 1e-3  # confident but collapsed: no diversity
+
+
+def test_shot_freezes_the_source_head_and_trains_the_backbone_without_source_data():
+    from transferops.config import SHOTConfig
+
+    model = create_model("smallcnn", 3, width=8)
+    strategy = get_strategy("shot", SHOTConfig())
+    assert strategy.streams == ("unlabeled",) and not strategy.uses_target_labels
+    strategy.prepare(model, ctx())
+    strategy.attach({"unlabeled": random_split(40, 3)}, CPU)
+    head, conv = model.head.weight.clone(), model.backbone[0][0].weight.clone()
+    t = _train(model, strategy, streams=("unlabeled",), steps=4, epochs=2)
+    assert torch.equal(head, model.head.weight) and not torch.equal(conv, model.backbone[0][0].weight)
+    assert int(strategy.modules()["centroids"].epoch) == 1  # recomputed at every epoch start
+    assert {"train_target_entropy", "train_diversity", "train_ce_pseudo"} <= set(t.result.history[-1])
+    with pytest.raises(ConfigError, match="source's classes"):
+        get_strategy("shot", SHOTConfig()).prepare(create_model("smallcnn", 3, width=8), ctx(3, same=False))
+
+
+# ---------------------------------------------------------------------------------------------- FixMatch
+def test_fixmatch_trains_the_strong_view_on_confident_weak_predictions_only():
+    from transferops.config import FixMatchConfig
+
+    model = create_model("smallcnn", 3, width=8)
+    strategy = get_strategy("fixmatch", FixMatchConfig(threshold=0.5, strong_augment="photometric"))
+    strategy.prepare(model, ctx())
+    model.eval()  # no dropout, fixed BatchNorm: the loss can be recomputed by hand
+    g = torch.Generator().manual_seed(0)
+    xl, yl, xu = torch.rand(3, 1, 12, 12, generator=g), torch.tensor([0, 1, 2]), torch.rand(6, 1, 12, 12, generator=g)
+    strong = strategy.strong_view(xu, 0.25)
+    assert torch.equal(strong, strategy.strong_view(xu, 0.25)) and not torch.equal(strong, xu)
+    assert not torch.equal(strong, strategy.strong_view(xu, 0.5))  # another step, another view
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([3.0, 0.0, 0.0]))  # every weak prediction: class 0 at p = 0.91
+    loss, parts = strategy.loss(model, {"labeled": (xl, yl), "unlabeled": (xu, yl)}, 0.25)
+    with torch.no_grad():
+        ce = F.cross_entropy(model(xl), yl)
+        unl = F.cross_entropy(model(strong), torch.zeros(6, dtype=torch.long))
+    assert float(parts["pseudo_label_rate"]) == 1.0
+    assert float(loss) == pytest.approx(float(ce + unl), rel=1e-5)
+    strict = get_strategy("fixmatch", FixMatchConfig(threshold=0.95))
+    strict.prepare(model, ctx())
+    loss, parts = strict.loss(model, {"labeled": (xl, yl), "unlabeled": (xu, yl)}, 0.25)
+    assert float(parts["pseudo_label_rate"]) == 0.0 and float(loss) == pytest.approx(float(ce), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- selection
+def test_soft_neighbourhood_density_prefers_clustered_predictions():
+    from transferops.evaluation.selection import prediction_diversity, soft_neighbourhood_density
+
+    g = torch.Generator().manual_seed(0)
+    clustered = F.softmax(torch.eye(5).repeat(20, 1) * 8 + 0.1 * torch.randn(100, 5, generator=g), 1)
+    scattered = F.softmax(torch.randn(100, 5, generator=g), 1)
+    assert soft_neighbourhood_density(clustered) > soft_neighbourhood_density(scattered)
+    assert prediction_diversity(clustered.numpy()) == pytest.approx(1.0)
+    assert prediction_diversity(np.eye(5)[[0] * 100]) == 0.0
+
+
+def test_trainer_keeps_the_epoch_a_selection_criterion_prefers():
+    from transferops.config import TrainConfig
+
+    model = create_model("smallcnn", 3, width=8)
+    strategy = get_strategy("full_finetune", FinetuneMethodConfig())
+    strategy.prepare(model, ctx())
+    scores, weights = iter([0.1, 0.9, 0.5]), {}
+
+    def epoch_end(m, epoch):
+        weights[epoch] = m.head.weight.detach().clone()
+        return {"target_score": next(scores)}
+
+    data = random_split(40, 3)
+    cfg = TrainConfig(epochs=3, steps_per_epoch=3, lr=1e-2, batch_size=8, augment="none")
+    t = Trainer(
+        model, strategy, cfg, {"labeled": BatchStream(data, 8, 0)}, data.head(0), CPU, 0,
+        epoch_end=epoch_end, select_on="target_score",
+    )  # fmt: skip
+    result = t.fit()
+    assert result.best_epoch == 2 and result.best_score == 0.9 and math.isnan(result.best_val_accuracy)
+    assert [h["target_score"] for h in result.history] == [0.1, 0.9, 0.5]
+    assert torch.equal(model.head.weight, weights[1])

@@ -124,11 +124,19 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     )
 
 
+PHOTOMETRIC_SHARE = 0.5
+"""Share of the images ``photometric`` changes; the others pass unchanged. All of them changed costs the source
+domain's own look: measured on the embedded default (seed 0), source-only accuracy on the real digits fell
+from 67.9 % to 64.2 % and SHOT from 95.2 % to 81.6 % with every image changed."""
+
+
 def photometric(x: torch.Tensor, d: Draws, out_size: int) -> torch.Tensor:
-    """Polarity, brightness/contrast, colours, blur and noise: the ways real targets differ beyond shape."""
+    """Polarity, brightness/contrast, colours, blur and noise: the ways real targets differ beyond shape;
+    applied to a :data:`PHOTOMETRIC_SHARE` of the images (drawn per image), the rest left as they are."""
     n, c = x.shape[:2]
     dev = x.device
-    r = d.rand(8).to(dev)
+    r = d.rand(9).to(dev)
+    original = x
     col = d.rand(2, 3).to(dev)
     noise_g = d.randn(*x.shape[1:]).to(dev, x.dtype)
     view = (n, 1, 1, 1)
@@ -147,7 +155,7 @@ def photometric(x: torch.Tensor, d: Draws, out_size: int) -> torch.Tensor:
     x = torch.where(blur, _blur(x, 1.0), x)
     noisy = (r[:, 6] < 0.3).view(view)
     x = torch.where(noisy, x + noise_g * (0.08 * r[:, 7]).view(view), x)
-    return x.clamp(0, 1)
+    return torch.where((r[:, 8] < PHOTOMETRIC_SHARE).view(view), x.clamp(0, 1), original)
 
 
 def randaug(x: torch.Tensor, d: Draws, out_size: int) -> torch.Tensor:

@@ -3,7 +3,9 @@
 - ``source_only_accuracy``: the pretrained model with its source head, no target labels (null when the two
   domains' class sets differ);
 - ``from_scratch_accuracy``: the same architecture trained on the labelled target only, same budget;
-- ``transfer_gain`` = accuracy - from_scratch_accuracy.
+- ``transfer_gain`` = accuracy - from_scratch_accuracy;
+- ``negative_transfer``: a sentence when the transferred model is worse than the source model as is, else null
+  (:func:`transfer_guard`: target val accuracy at k > 0, a label-free collapse check at k = 0).
 
 Outputs (``artifacts/evaluate``): ``metrics.json``, ``confusion_matrix.png``, ``reliability.png``,
 ``predictions.csv`` and ``calibration.csv`` (for ``dvc plots``), ``result.json``.
@@ -55,6 +57,7 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
             start_stage(cfg)  # the baseline draws the same random streams whatever ran before it
             baseline = from_scratch(cfg)
             scratch = None if baseline is None else accuracy(baseline.to(device), test, device)
+        guard = transfer_guard(cfg, model, paths, made["labels_per_class"], device)
         metrics = {
             "accuracy": report["accuracy"],
             "macro_f1": report["macro_f1"],
@@ -67,6 +70,7 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
             "labels_per_class": made["labels_per_class"],
             "method": made["method"],
             "per_class_accuracy": report["per_class_accuracy"],
+            **guard,
         }
         if made["note"]:
             metrics["provenance_note"] = made["note"]
@@ -97,14 +101,17 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
             )
             write_json(out / "result.json", result.to_file())
             tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
-            tracker.set_tags(
-                {"transferops.n_test": str(len(test)), "transferops.labels_per_class": str(made["labels_per_class"])}
-            )
+            tags = {"transferops.n_test": str(len(test)), "transferops.labels_per_class": str(made["labels_per_class"])}
+            if metrics["negative_transfer"]:
+                tags["transferops.negative_transfer"] = metrics["negative_transfer"]
+            tracker.set_tags(tags)
             headline = ("accuracy", "transfer_gain", "source_only_accuracy", "from_scratch_accuracy", "macro_f1", "ece")
             tracker.log_to_parent({k: metrics[k] for k in headline if metrics.get(k) is not None})
             tracker.log_metrics({f"class_{c}_accuracy": a for c, a in report["per_class_accuracy"].items()})
             for name in ("confusion_matrix.png", "reliability.png", "metrics.json"):
                 tracker.log_artifact(out / name, "evaluation")
+    if metrics["negative_transfer"]:
+        log.warning("evaluate: %s", metrics["negative_transfer"])
     log.info(
         "evaluate: accuracy %.4f (source-only %s, from-scratch %s, gain %s), macro-F1 %.4f, ECE %.4f on %d test images",
         metrics["accuracy"],
@@ -116,6 +123,61 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
         len(test),
     )
     return result
+
+
+COLLAPSE_MARGIN = 0.1
+"""k = 0: adaptation collapsed when its prediction diversity on the unlabelled target is this much below the
+source model's (or below :data:`COLLAPSE_FLOOR`)."""
+COLLAPSE_FLOOR = 0.5
+
+
+def transfer_guard(cfg: Config, model, paths: Paths, k: int | None, device) -> dict[str, Any]:
+    """The negative-transfer guard: is the transferred model worse than the source model as is?
+
+    - k > 0: both are scored on the labelled target val split (the split finetune selects on); the adapted
+      model scoring below the source model is negative transfer.
+    - k = 0: no target label may be read, so a label-free signal: the diversity of the predicted classes on
+      the unlabelled target (:func:`~transferops.evaluation.selection.prediction_diversity`). Adaptation that
+      collapsed puts the images into a few classes: its diversity falls :data:`COLLAPSE_MARGIN` below the
+      source model's, or below :data:`COLLAPSE_FLOOR`.
+
+    Needs the source model to predict the target's classes (otherwise nothing is compared). Returns the
+    metrics to add: ``negative_transfer`` (a sentence, or None) and the figures compared.
+    """
+    from transferops.evaluation.selection import prediction_diversity
+    from transferops.stages.finetune import monitor_sample
+
+    target = read_manifest(paths.target_data)
+    source_model, source_ckpt = load_model(paths.source_model)
+    if source_ckpt["classes"] != target["classes"]:
+        return {"negative_transfer": None}
+    source_model = source_model.to(device)
+    if k:
+        val = load_split(paths.target_data, "val")
+        if len(val) == 0:
+            return {"negative_transfer": None}
+        ours, theirs = accuracy(model, val, device), accuracy(source_model, val, device)
+        note = None
+        if ours < theirs:
+            note = (
+                f"negative transfer: on the labelled target val split ({len(val)} images) the transferred model "
+                f"scores {ours:.1%}, below the source model as is ({theirs:.1%})"
+            )
+        return {"negative_transfer": note, "val_accuracy": ours, "source_only_val_accuracy": theirs}
+    unlabeled = load_split(paths.target_data, "unlabeled")
+    if len(unlabeled) < 2:
+        return {"negative_transfer": None}
+    sample = monitor_sample(unlabeled, cfg.base.seed)
+    ours = prediction_diversity(predict(model, sample, device=device))
+    theirs = prediction_diversity(predict(source_model, sample, device=device))
+    note = None
+    if ours < theirs - COLLAPSE_MARGIN or ours < COLLAPSE_FLOOR:
+        note = (
+            "adaptation collapsed (label-free check, k = 0): its predictions on the unlabelled target crowd into "
+            f"few classes, diversity {ours:.2f} against the source model's {theirs:.2f} (1 = every class "
+            "predicted equally often)"
+        )
+    return {"negative_transfer": note, "target_diversity": ours, "source_only_target_diversity": theirs}
 
 
 def provenance(cfg: Config, ckpt: dict[str, Any], target: dict[str, Any], paths: Paths) -> dict[str, Any]:

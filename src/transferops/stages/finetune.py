@@ -7,15 +7,18 @@ Outputs (``artifacts/finetune``): ``model.pt``, ``metrics.json``, ``history.json
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
-from transferops.config import Config, TrainConfig
+from transferops.config import Config, FinetuneConfig
 from transferops.data.shards import Split, load_split, read_manifest
-from transferops.errors import CheckpointError
+from transferops.errors import CheckpointError, ConfigError
 from transferops.lineage import file_sha256, lineage
 from transferops.models import TransferNet, model_from_config
+from transferops.models.inference import predict
 from transferops.models.io import load_model, model_config_of
 from transferops.paths import Paths
 from transferops.stages.common import StageResult, start_stage, state_store, training_setup, write_trained_model
@@ -40,11 +43,62 @@ def stream_data(paths: Paths, strategy: Strategy) -> dict[str, Split]:
     return {name: load_split(*where[name]) for name in (*strategy.streams, *strategy.optional_streams)}
 
 
+@dataclass(frozen=True)
+class Selection:
+    """How ``finetune.select`` turns into the training loop's arguments."""
+
+    select_best: bool
+    select_on: str
+    keep_val: bool
+    """Whether the labelled target val split is read (never at k = 0)."""
+    describe: str
+
+
+def selection(select: str, has_labels: bool) -> Selection:
+    """``last``, ``val`` (the last epoch when there is no labelled target image) or a label-free criterion."""
+    if select == "last":
+        return Selection(False, "val_accuracy", has_labels, "last epoch")
+    if select == "val":
+        if has_labels:
+            return Selection(True, "val_accuracy", True, "best target val accuracy")
+        return Selection(False, "val_accuracy", False, "last epoch (k = 0: no target label is read)")
+    return Selection(True, f"target_{select}", has_labels, f"best {select} on the unlabelled target (label-free)")
+
+
+MONITOR_IMAGES = 1000
+"""Unlabelled target images scored after every epoch (a fixed seeded sample): label-free criteria."""
+
+
+def monitor_sample(split: Split, seed: int, n: int = MONITOR_IMAGES) -> Split:
+    """A fixed seeded sample of ``split`` with its labels blanked (-1): the monitor can never read them."""
+    idx = np.sort(np.random.default_rng(seed).permutation(len(split))[:n])
+    images = split.images.take(idx) if hasattr(split.images, "take") else np.asarray(split.images)[idx]
+    return Split(images, np.full(len(idx), -1, dtype=np.int64))
+
+
+def label_free_monitor(unlabeled: Split, device: torch.device, precision: str):
+    """Per-epoch label-free metrics on unlabelled target images: every criterion of
+    :data:`~transferops.evaluation.selection.CRITERIA` (``target_<name>``), the prediction diversity and the
+    mean prediction entropy (a collapse shows as diversity and entropy falling towards 0)."""
+    from transferops.evaluation.selection import CRITERIA, prediction_diversity
+
+    def monitor(model: torch.nn.Module, epoch: int) -> dict[str, float]:
+        probs = predict(model, unlabeled, device=device, precision=precision)
+        ent = float(-(probs * np.log(np.clip(probs, 1e-12, None))).sum(1).mean())
+        return {
+            **{f"target_{name}": fn(probs) for name, fn in CRITERIA.items()},
+            "target_diversity": prediction_diversity(probs),
+            "target_eval_entropy": ent,
+        }
+
+    return monitor
+
+
 def fit_on_target(
     cfg: Config,
     model: TransferNet,
     strategy: Strategy,
-    train_cfg: TrainConfig,
+    train_cfg: FinetuneConfig,
     same_classes: bool,
     log_metrics=None,
     desc: str = "finetune",
@@ -53,31 +107,51 @@ def fit_on_target(
     run_id: str | None = None,
     dist: Distributed = SINGLE,
     device: torch.device | None = None,
+    epoch_probe: Callable[[torch.nn.Module, int], None] | None = None,
 ) -> FitResult:
     """Prepare ``model`` with ``strategy`` and train it on the target data.
 
-    Model selection uses the labelled target val split only when the target has labelled training images;
-    with none (unsupervised adaptation, k = 0) the last epoch is kept and no target label is used.
+    ``train_cfg.select`` chooses the weights kept (:func:`selection`): at k = 0 no target label is read, so
+    only ``last`` or a label-free criterion can choose. With an unlabelled target split, label-free metrics
+    are logged after every epoch (:func:`label_free_monitor`). ``epoch_probe(model, epoch)`` is called after
+    every epoch too (benchmarks use it to score epochs offline; it cannot change training).
     """
     paths = Paths.from_config(cfg)
     manifest = read_manifest(paths.target_data)
     device = device or resolve_device(cfg.base.device)
-    ctx = TransferContext(len(manifest["classes"]), same_classes, paths.source_model, device)
+    ctx = TransferContext(len(manifest["classes"]), same_classes, paths.source_model, device, cfg.base.seed)
     strategy.prepare(model, ctx)
     data = stream_data(paths, strategy)
+    strategy.attach(data, device)
     has_labels = manifest["splits"]["labeled"]["count"] > 0
+    sel = selection(train_cfg.select, has_labels)
     val = load_split(paths.target_data, "val")
-    if not has_labels:
+    if not sel.keep_val:
         val = val.head(0)
+    budget = train_cfg.budget(select_best=sel.select_best)
+    hooks = []
+    if manifest["splits"]["unlabeled"]["count"] > 1:
+        unlabeled = monitor_sample(load_split(paths.target_data, "unlabeled"), cfg.base.seed)
+        hooks.append(label_free_monitor(unlabeled, device, budget.precision))
+    elif sel.select_on != "val_accuracy":
+        raise ConfigError(f"finetune.select: {train_cfg.select} needs unlabelled target images; there are none")
+    if epoch_probe is not None:
+        hooks.append(lambda m, e: epoch_probe(m, e) or {})
     module: torch.nn.Module = model
     space = strategy.feature_space(model, data, val, device)
     if space is not None:  # e.g. a linear probe on cached features: no per-step backbone, no augmentation
         module, data, val = space
-        train_cfg = replace(train_cfg, augment="none")
+        budget = replace(budget, augment="none")
+    log.info("%s: keeping the %s", desc, sel.describe)
+
+    def epoch_end(_trained: torch.nn.Module, epoch: int) -> dict[str, float]:
+        # the whole model, also when only a part of it trains (a probe's head on cached features)
+        return {k: v for hook in hooks for k, v in hook(model, epoch).items()}
+
     return train(
         module,
         strategy,
-        train_cfg,
+        budget,
         data,
         val,
         cfg.base.seed,
@@ -89,6 +163,8 @@ def fit_on_target(
         resume_from=saved,
         run_id=run_id,
         dist=dist,
+        epoch_end=epoch_end if hooks else None,
+        select_on=sel.select_on,
     )
 
 
@@ -110,15 +186,21 @@ def from_scratch(cfg: Config, log_metrics=None) -> TransferNet | None:
     # the architecture the transferred model has (the source checkpoint's), with fresh weights
     arch = model_config_of(load_model_checkpoint(paths.source_model))
     model = model_from_config(arch, len(manifest["classes"]), manifest["image_shape"][0], weights="none")
-    budget = replace(cfg.finetune, lr=cfg.pretrain.lr)
+    budget = replace(cfg.finetune, lr=cfg.pretrain.lr, select="val")
     fit_on_target(
         cfg, model, Strategy(label_smoothing=budget.label_smoothing), budget, True, log_metrics, "from_scratch"
     )
     return model.eval()
 
 
-def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) -> StageResult:
-    """Load the source checkpoint and transfer it to the target with the configured method."""
+def run(
+    cfg: Config,
+    tracker: NullTracker | None = None,
+    restart: bool = False,
+    epoch_probe: Callable[[torch.nn.Module, int], None] | None = None,
+) -> StageResult:
+    """Load the source checkpoint and transfer it to the target with the configured method (``epoch_probe``:
+    see :func:`fit_on_target`)."""
     tracker = tracker or NullTracker()
     start_stage(cfg)
     dist, device, tracker = training_setup(cfg, tracker)
@@ -165,9 +247,10 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
             tracker.run_id,
             dist,
             device,
+            epoch_probe,
         )
         metrics = {
-            "val_accuracy": fit.selected_val_accuracy(cfg.finetune.select_best),
+            "val_accuracy": fit.selected_val_accuracy(cfg.finetune.select != "last"),
             "labels_per_class": labels_per_class,
             "best_epoch": fit.best_epoch,
             "steps": fit.steps,

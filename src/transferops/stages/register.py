@@ -15,7 +15,7 @@ reason) and ``result.json``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,8 @@ def make_candidate(cfg: Config, inputs: RegisterInputs, pipeline_run_id: str | N
     }
     task = Task(tuple(inputs.classes), (ckpt["in_channels"], ckpt["image_size"], ckpt["image_size"]))
     tags = {f"transferops.{k}": str(v) for k, v in lin.items() if v is not None}
+    if inputs.metrics.get("negative_transfer"):
+        tags["transferops.negative_transfer"] = inputs.metrics["negative_transfer"]
     fingerprint = f"{inputs.model_sha256[:32]}-{cfg.section_hash('register')}"
     return Candidate(task, float(inputs.metrics["accuracy"]), fingerprint, tags), lin
 
@@ -202,6 +204,13 @@ def _labels(k: Any) -> str:
     return "all" if k is None else f"{k} labelled target image{'' if k == 1 else 's'} per class"
 
 
+def with_warnings(decision: GateDecision, metrics: dict[str, Any]) -> GateDecision:
+    """The decision with evaluate's negative-transfer warning appended to its reason (the gate decides on
+    accuracy; the warning says why a person should look before serving the model)."""
+    note = metrics.get("negative_transfer")
+    return replace(decision, reason=f"{decision.reason}; WARNING {note}") if note else decision
+
+
 def model_card(name: str, inputs: RegisterInputs, lin: dict[str, Any], decision: GateDecision) -> str:
     """Markdown description of a model version: a one-line summary (what the versions table shows), then
     data, method, results, the gate's decision, intended use and limits."""
@@ -215,6 +224,7 @@ def model_card(name: str, inputs: RegisterInputs, lin: dict[str, Any], decision:
         ("macro-F1", _pct(m["macro_f1"])),
         ("ECE (calibration error)", f"{m['ece']:.4f}"),
         ("source-only baseline", _pct(m.get("source_only_accuracy"))),
+        ("negative transfer", m.get("negative_transfer") or "not detected"),
         ("from-scratch baseline", _pct(m.get("from_scratch_accuracy"))),
         ("transfer gain (vs from-scratch)", _points(m.get("transfer_gain"))),
         ("test images", str(m["n_test"])),
@@ -225,10 +235,13 @@ def model_card(name: str, inputs: RegisterInputs, lin: dict[str, Any], decision:
         else f"champion v{decision.champion_version} re-scored now on this run's test split: "
         f"{_pct(decision.champion_accuracy)}"
     )
+    decision = with_warnings(decision, m)
+    warning = [f"**Warning: {m['negative_transfer']}.**", ""] if m.get("negative_transfer") else []
     lines = [
         f"{method}, {_labels(k)}: {_pct(m['accuracy'])} on {m['n_test']} target test images "
         f"({_points(m.get('transfer_gain'))} over from-scratch)",
         "",
+        *warning,
         "## Training",
         f"Transferred with **{method}** from a `{ckpt['model']['name']}` pretrained on the source domain "
         f"(`{src}`, version `{lin.get('source_version')}`) to the target domain (`{tgt}`, version "
@@ -281,9 +294,17 @@ def registered_model_description(name: str, task: Task) -> str:
 
 
 def write_outputs(
-    cfg: Config, paths: Paths, name: str, outcome: Outcome, tracker: MlflowTracker, lin: dict[str, Any]
+    cfg: Config,
+    paths: Paths,
+    name: str,
+    outcome: Outcome,
+    tracker: MlflowTracker,
+    lin: dict[str, Any],
+    metrics: dict[str, Any],
 ) -> StageResult:
-    """``registration.json``, ``result.json`` and the register run's tags and metrics."""
+    """``registration.json``, ``result.json`` and the register run's tags and metrics (the gate's reason with
+    evaluate's negative-transfer warning, if any)."""
+    outcome = replace(outcome, decision=with_warnings(outcome.decision, metrics))
     registration = {**outcome_dict(name, outcome), "tracking_uri": safe_uri(tracker.uri), "run_id": tracker.run_id}
     d = outcome.decision
     tracker.log_metrics({"candidate_accuracy": d.candidate_accuracy})
@@ -337,8 +358,8 @@ def run(cfg: Config, tracker: MlflowTracker) -> StageResult:
             run_id=t.run_id,
         )
         stage_lin = lineage(cfg, model_sha256=inputs.model_sha256, model_lineage=lin)
-        result = write_outputs(cfg, paths, name, outcome, t, stage_lin)
-    d = outcome.decision
+        result = write_outputs(cfg, paths, name, outcome, t, stage_lin, inputs.metrics)
+    d = with_warnings(outcome.decision, inputs.metrics)
     log.info(
         "register: %s %s: %s (%s)",
         name,

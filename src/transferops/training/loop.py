@@ -89,6 +89,9 @@ class FitResult:
     """Per epoch: seconds, throughput_img_s, gpu_memory_peak_gb (they vary run to run: MLflow only)."""
     best_epoch: int = -1
     best_val_accuracy: float = float("nan")
+    """Val accuracy of the best epoch (nan when no val split was read)."""
+    best_score: float = float("nan")
+    """The selection score of the best epoch (``select_on``; the val accuracy by default)."""
     steps: int = 0
     seconds: float = 0.0
     """Training time of the whole run, across resumes."""
@@ -152,6 +155,9 @@ class Trainer:
         log_metrics: callback(metrics, step) (the MLflow tracker, or nothing).
         run_id: the MLflow run of this training, saved with the state so a resume continues it.
         dist: this process's place in a data-parallel job (DDP); rank 0 alone saves and logs.
+        epoch_end: callback(model, epoch) -> extra per-epoch metrics (e.g. a label-free selection criterion),
+            logged and kept in the history with the others.
+        select_on: the per-epoch metric the best epoch maximises (``val_accuracy``, or one ``epoch_end`` adds).
     """
 
     def __init__(
@@ -169,6 +175,8 @@ class Trainer:
         desc: str = "train",
         run_id: str | None = None,
         dist: Distributed = SINGLE,
+        epoch_end: Callable[[nn.Module, int], dict[str, float]] | None = None,
+        select_on: str = "val_accuracy",
     ) -> None:
         missing = [s for s in strategy.streams if s not in streams]
         if missing:
@@ -188,6 +196,7 @@ class Trainer:
         self.store, self.config_hash, self.run_id = store, config_hash, run_id
         self.log_metrics = (log_metrics if dist.is_main else None) or (lambda metrics, step: None)
         self.desc = desc
+        self.epoch_end, self.select_on = epoch_end, select_on
         self.steps_per_epoch = cfg.steps_per_epoch or streams[strategy.streams[0]].steps_per_pass
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.optimizer, self.scheduler = build_optimizer(cfg, strategy.param_groups(model, cfg.lr), self.total_steps)
@@ -215,6 +224,7 @@ class Trainer:
             "best_state": self.best_state,
             "best_epoch": self.result.best_epoch,
             "best_val_accuracy": self.result.best_val_accuracy,
+            "best_score": self.result.best_score,
             "bad_epochs": self.bad_epochs,
             "history": self.result.history,
             "timing": self.result.timing,
@@ -242,6 +252,7 @@ class Trainer:
         self.best_state = state["best_state"]
         self.result.best_epoch = state["best_epoch"]
         self.result.best_val_accuracy = state["best_val_accuracy"]
+        self.result.best_score = state.get("best_score", state["best_val_accuracy"])
         self.bad_epochs = state["bad_epochs"]
         self.result.history = state["history"]
         self.result.timing = state.get("timing", [])
@@ -377,6 +388,8 @@ class Trainer:
                 torch.cuda.synchronize(self.device)
             train_seconds = time.perf_counter() - t_epoch
             metrics["val_accuracy"] = accuracy(self.model, self.val, self.device, self.cfg.precision)
+            if self.epoch_end is not None:
+                metrics.update(self.epoch_end(self.model, epoch))
             metrics["lr"] = self.optimizer.param_groups[0]["lr"]
             timing = {
                 "epoch": epoch + 1,
@@ -396,7 +409,7 @@ class Trainer:
                 "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
                 timing["throughput_img_s"],
             )
-            stop = self._select(epoch, metrics["val_accuracy"])
+            stop = self._select(epoch, metrics)
             self.save_state()
             if stop:
                 log.info(
@@ -412,12 +425,14 @@ class Trainer:
         self.result.seconds += time.perf_counter() - self._t0
         return self.result
 
-    def _select(self, epoch: int, val_acc: float) -> bool:
-        if math.isnan(val_acc):
+    def _select(self, epoch: int, metrics: dict[str, float]) -> bool:
+        score = metrics.get(self.select_on, float("nan"))
+        if math.isnan(score):
             return False
-        best = self.result.best_val_accuracy
-        if math.isnan(best) or val_acc > best:
-            self.result.best_epoch, self.result.best_val_accuracy = epoch + 1, val_acc
+        best = self.result.best_score
+        if math.isnan(best) or score > best:
+            self.result.best_epoch, self.result.best_score = epoch + 1, score
+            self.result.best_val_accuracy = metrics["val_accuracy"]
             self.best_state = copy.deepcopy(_plain(self.model.state_dict())) if self.cfg.select_best else None
             self.bad_epochs = 0
             return False
@@ -441,6 +456,8 @@ def train(
     resume_from: dict[str, Any] | None = None,
     run_id: str | None = None,
     dist: Distributed = SINGLE,
+    epoch_end: Callable[[nn.Module, int], dict[str, float]] | None = None,
+    select_on: str = "val_accuracy",
 ) -> FitResult:
     """Build batch streams for the splits the strategy needs, resume (from ``resume_from``, a state
     :func:`load_resume_state` returned) or start, and fit; the state is deleted once training finished.
@@ -454,7 +471,21 @@ def train(
         if len(split) > 0
     }
     trainer = Trainer(
-        model, strategy, cfg, streams, val, device, seed, store, config_hash, log_metrics, desc, run_id, dist
+        model,
+        strategy,
+        cfg,
+        streams,
+        val,
+        device,
+        seed,
+        store,
+        config_hash,
+        log_metrics,
+        desc,
+        run_id,
+        dist,
+        epoch_end=epoch_end,
+        select_on=select_on,
     )
     trainer.resume(resume_from)
     result = trainer.fit()

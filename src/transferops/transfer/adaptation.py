@@ -1,20 +1,36 @@
 """Unsupervised domain adaptation: labelled source + unlabelled target (+ labelled target when k > 0).
 
-Every method here shares the same step: one forward pass over a source batch and an unlabelled target batch,
-cross-entropy on the source labels (and on labelled target images when there are any), plus
-``trade_off`` times a term that pulls the two domains' features together. Only that term differs.
+Every method here shares the same step: a forward pass over a source batch and one over the target batch
+(unlabelled and labelled target images together), never one over both domains, so that BatchNorm normalises
+each domain with its own statistics and the running statistics the model keeps are the target's
+(:mod:`transferops.transfer.domains`); cross-entropy on the source labels (and on labelled target images when
+there are any), plus ``trade_off`` times a term that pulls the two domains together. Only that term differs.
+Every method logs the mean entropy of its target predictions (``target_entropy``) and the adversarial ones
+their discriminator's accuracy (``domain_acc``): per epoch in MLflow, where a collapse shows as the entropy
+falling towards 0, or the discriminator winning (accuracy near 1).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from transferops.config import AdaptationConfig, CoralConfig, DANNConfig, MCCConfig, MMDConfig
+from transferops.config import AdaptationConfig, CDANConfig, CoralConfig, DANNConfig, MCCConfig, MMDConfig
 from transferops.errors import ConfigError
 from transferops.models import TransferNet
 from transferops.transfer.base import Batch, Strategy, TransferContext, register
-from transferops.transfer.losses import DomainDiscriminator, coral, grad_reverse, grl_coefficient, mcc_loss, mk_mmd
+from transferops.transfer.domains import classify, source_features, target_features
+from transferops.transfer.losses import (
+    DomainDiscriminator,
+    coral,
+    entropy,
+    grad_reverse,
+    grl_coefficient,
+    mcc_loss,
+    mean_entropy,
+    mk_mmd,
+)
 
 
 class Adaptation(Strategy):
@@ -24,6 +40,7 @@ class Adaptation(Strategy):
     streams = ("source", "unlabeled")
     optional_streams = ("labeled",)
     uses_target_labels = False
+    uses_source_data = True
 
     def prepare(self, model: TransferNet, ctx: TransferContext) -> None:
         if not ctx.same_classes:
@@ -40,18 +57,18 @@ class Adaptation(Strategy):
 
     def loss(self, model: TransferNet, batches: dict[str, Batch], progress: float):
         (xs, ys), (xt, _) = batches["source"], batches["unlabeled"]
-        parts = [xs, xt]
+        fs = source_features(model, xs)
         if "labeled" in batches:
-            parts.append(batches["labeled"][0])
-        feats = model.features(torch.cat(parts))
-        logits = model.head(model.dropout(feats))
-        ns, nt = len(xs), len(xt)
-        ce = self.ce(logits[:ns], ys)
-        term, logs = self.align(feats[:ns], feats[ns : ns + nt], logits[:ns], logits[ns : ns + nt], progress)
+            ft, fl = target_features(model, xt, batches["labeled"][0])
+        else:
+            (ft,) = target_features(model, xt)
+        ls, lt = classify(model, fs), classify(model, ft)
+        ce = self.ce(ls, ys)
+        term, logs = self.align(fs, ft, ls, lt, progress)
         loss = ce + self.cfg.trade_off * term
-        logs = {"ce_source": ce.detach(), **logs}
+        logs = {"ce_source": ce.detach(), **logs, "target_entropy": mean_entropy(lt).detach()}
         if "labeled" in batches:
-            ce_t = self.ce(logits[ns + nt :], batches["labeled"][1])
+            ce_t = self.ce(classify(model, fl), batches["labeled"][1])
             loss = loss + self.cfg.target_weight * ce_t
             logs["ce_target"] = ce_t.detach()
         return loss, logs
@@ -114,3 +131,57 @@ class MCC(Adaptation):
     def align(self, fs, ft, ls, lt, progress):
         m = mcc_loss(lt, self.cfg.temperature)
         return m, {"mcc": m.detach()}
+
+
+@register("cdan")
+class CDAN(DANN):
+    """Conditional adversarial adaptation (CDAN, Long et al. 2018): the discriminator sees the multilinear map
+    f (x) g of the features f and the class probabilities g (detached), so it aligns the class-conditional
+    distributions rather than the marginals; through the same gradient reversal schedule as DANN. With
+    ``entropy_conditioning`` (CDAN+E) each example's domain loss is weighted by 1 + exp(-H(g)), normalised to
+    mean 1: confident predictions, whose conditioning means something, count more. When features x classes
+    exceed 4096 the map is a fixed random projection (f R_f) * (g R_g) / sqrt(d) instead."""
+
+    cfg: CDANConfig
+    FULL_MAP_LIMIT = 4096
+
+    def prepare(self, model: TransferNet, ctx: TransferContext) -> None:
+        Adaptation.prepare(self, model, ctx)
+        full = model.feature_dim * ctx.num_classes
+        dim = full if full <= self.FULL_MAP_LIMIT else self.cfg.randomized_dim
+        self.extra["discriminator"] = DomainDiscriminator(dim, self.cfg.hidden).to(ctx.device)
+        if full > self.FULL_MAP_LIMIT:
+            g = torch.Generator().manual_seed(ctx.seed)
+            self.extra["random_map"] = RandomMap(model.feature_dim, ctx.num_classes, dim, g).to(ctx.device)
+
+    def align(self, fs, ft, ls, lt, progress):
+        f = torch.cat([fs, ft])
+        logits = torch.cat([ls, lt]).detach().float()
+        g = F.softmax(logits, 1).to(f.dtype)
+        if "random_map" in self.extra:
+            h = self.extra["random_map"](f, g)
+        else:
+            h = torch.bmm(g.unsqueeze(2), f.unsqueeze(1)).flatten(1)
+        coeff = grl_coefficient(progress, self.cfg.schedule_gamma)
+        d = self.extra["discriminator"](grad_reverse(h, coeff)).squeeze(1)
+        domain = torch.cat([torch.ones(len(fs)), torch.zeros(len(ft))]).to(d.device)
+        weight = None
+        if self.cfg.entropy_conditioning:
+            w = 1.0 + torch.exp(-entropy(logits))
+            weight = (w / w.sum() * len(w)).detach()
+        loss = F.binary_cross_entropy_with_logits(d.float(), domain, weight=weight)
+        acc = ((d > 0).float() == domain).float().mean().detach()
+        return loss, {"domain_loss": loss.detach(), "domain_acc": acc, "grl_coeff": coeff}
+
+
+class RandomMap(nn.Module):
+    """CDAN's randomized multilinear map: (f R_f) * (g R_g) / sqrt(dim), R fixed Gaussian (saved as buffers)."""
+
+    def __init__(self, feature_dim: int, num_classes: int, dim: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.register_buffer("rf", torch.randn(feature_dim, dim, generator=generator))
+        self.register_buffer("rg", torch.randn(num_classes, dim, generator=generator))
+        self.dim = dim
+
+    def forward(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return (f @ self.rf) * (g @ self.rg) / self.dim**0.5

@@ -36,6 +36,8 @@ class TransferContext:
     """The target's class names equal the source's, in the same order (the source head is meaningful)."""
     source_model: Path | None = None
     device: torch.device = torch.device("cpu")
+    seed: int = 0
+    """The run's seed (for a strategy's own random draws, e.g. FixMatch's strong augmentation)."""
 
 
 class Strategy:
@@ -51,6 +53,10 @@ class Strategy:
     optional_streams: ClassVar[tuple[str, ...]] = ()
     """Streams used when their split is not empty (e.g. labelled target for domain adaptation with k > 0)."""
     uses_target_labels: ClassVar[bool] = True
+    uses_source_data: ClassVar[bool] = False
+    """Whether the finetune stage reads the source *dataset* for this method (a ``source`` stream). False:
+    the method needs only the source *model*, so the source data need not travel with it (e.g. ``shot``,
+    source-free adaptation; a Kubeflow finetune task then takes no source dataset input)."""
 
     def __init__(self, cfg: MethodConfig | None = None, label_smoothing: float = 0.0) -> None:
         self.cfg = cfg or MethodConfig()
@@ -72,8 +78,12 @@ class Strategy:
         model.train()
         self.extra.train()
 
+    def attach(self, data: dict[str, Split], device: torch.device) -> None:
+        """Called once with the splits behind the batch streams, before training, for methods that read a
+        whole split outside the batches (e.g. SHOT's class centroids over the unlabelled target)."""
+
     def on_epoch_start(self, model: TransferNet, epoch: int) -> None:
-        """Called before every epoch (e.g. gradual unfreezing)."""
+        """Called before every epoch (e.g. gradual unfreezing, pseudo-labels refreshed)."""
 
     def feature_space(self, model: TransferNet, data: dict[str, Split], val: Split, device: torch.device):
         """Optionally move training into feature space: return (module to train, data, val) or None."""

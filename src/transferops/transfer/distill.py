@@ -11,6 +11,7 @@ from transferops.config import JointConfig, KDConfig
 from transferops.errors import ConfigError
 from transferops.models import TransferNet
 from transferops.transfer.base import Batch, Strategy, TransferContext, register
+from transferops.transfer.domains import source_features, target_features
 from transferops.transfer.losses import kd_loss
 
 
@@ -20,7 +21,8 @@ class KnowledgeDistillation(Strategy):
 
     The teacher is the source model (needs the target's classes) or the checkpoint ``kd.teacher`` (e.g. a big
     model already fine-tuned on the target); the student starts from the source model. The teacher is frozen
-    and never saved with the student.
+    and never saved with the student. Labelled and unlabelled target images share one forward pass: they are
+    one domain, so BatchNorm mixes nothing (the teacher runs in eval mode).
     """
 
     cfg: KDConfig
@@ -59,11 +61,13 @@ class KnowledgeDistillation(Strategy):
 class Joint(Strategy):
     """Optimisation-based transfer: one model trained on alpha * L_source + (1 - alpha) * L_target.
 
-    When the class sets differ, the source keeps its own head (an extra module) on the shared backbone.
+    When the class sets differ, the source keeps its own head (an extra module) on the shared backbone. The two
+    domains go through the backbone in separate passes (:mod:`transferops.transfer.domains`).
     """
 
     cfg: JointConfig
     streams = ("labeled", "source")
+    uses_source_data = True
 
     def prepare(self, model: TransferNet, ctx: TransferContext) -> None:
         if not ctx.same_classes:
@@ -72,9 +76,10 @@ class Joint(Strategy):
 
     def loss(self, model: TransferNet, batches: dict[str, Batch], progress: float):
         (xt, yt), (xs, ys) = batches["labeled"], batches["source"]
-        feats = model.dropout(model.features(torch.cat([xt, xs])))
+        fs = model.dropout(source_features(model, xs))  # one pass per domain: BatchNorm never mixes them
+        (ft,) = target_features(model, xt)
         head_s = self.extra["source_head"] if "source_head" in self.extra else model.head
-        lt = self.ce(model.head(feats[: len(yt)]), yt)
-        ls = self.ce(head_s(feats[len(yt) :]), ys)
+        lt = self.ce(model.head(model.dropout(ft)), yt)
+        ls = self.ce(head_s(fs), ys)
         a = self.cfg.alpha
         return a * ls + (1 - a) * lt, {"ce_target": lt.detach(), "ce_source": ls.detach()}

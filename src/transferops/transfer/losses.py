@@ -61,6 +61,17 @@ def coral(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (cov(source) - cov(target)).pow(2).sum() / (4 * d * d)
 
 
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-row entropy (nats) of softmax(logits)."""
+    logp = F.log_softmax(logits.float(), 1)
+    return -(logp.exp() * logp).sum(1)
+
+
+def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean prediction entropy of a batch (what collapses towards 0 when adaptation over-confidently fails)."""
+    return entropy(logits).mean()
+
+
 def mcc_loss(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Minimum class confusion: off-diagonal mass of the entropy-weighted class correlation matrix."""
     n, k = logits.shape
@@ -70,6 +81,37 @@ def mcc_loss(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     c = (p * w[:, None]).T @ p
     c = c / c.sum(1, keepdim=True)
     return (c.sum() - c.trace()) / k
+
+
+def information_maximisation(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SHOT's two terms: the mean prediction entropy (to minimise: confident predictions) and the entropy of
+    the mean prediction (to maximise: diverse predictions, no collapse into a few classes)."""
+    p = F.softmax(logits.float(), 1)
+    mean = p.mean(0)
+    return entropy(logits).mean(), -(mean * torch.log(mean + 1e-5)).sum()
+
+
+def _with_bias(features: torch.Tensor) -> torch.Tensor:
+    ones = torch.ones(len(features), 1, device=features.device, dtype=features.dtype)
+    return F.normalize(torch.cat([features, ones], 1), dim=1)
+
+
+def nearest_centroid(features: torch.Tensor, centroids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Index of the most cosine-similar valid centroid for each feature (a constant 1 appended, as SHOT does)."""
+    sim = _with_bias(features) @ F.normalize(centroids, dim=1).T
+    return sim.masked_fill(~valid, float("-inf")).argmax(1)
+
+
+def shot_centroids(features: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SHOT's self-supervised centroids: class centroids of the (bias-appended, normalised) features weighted by
+    the predicted probabilities, then recomputed once from the hard nearest-centroid assignments. Classes the
+    model never predicts are left out (``valid`` False), as in the paper."""
+    f = _with_bias(features.float())
+    valid = torch.bincount(probs.argmax(1), minlength=probs.shape[1]) > 0
+    centroids = probs.float().T @ f / (probs.float().sum(0)[:, None] + 1e-8)
+    onehot = F.one_hot(nearest_centroid(features.float(), centroids, valid), probs.shape[1]).float()
+    centroids = onehot.T @ f / (onehot.sum(0)[:, None] + 1e-8)
+    return centroids, valid
 
 
 class DomainDiscriminator(nn.Sequential):
