@@ -103,6 +103,7 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+@pytest.mark.slow  # three torchrun launches: ~50 s
 def test_killing_a_rank_then_relaunching_resumes_to_identical_weights(prepared):
     tmp_path, _ = prepared
     reference = _torchrun(tmp_path / "two.yaml", tmp_path)

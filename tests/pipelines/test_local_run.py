@@ -54,6 +54,7 @@ def test_failing_gate_registers_nothing(tiny_params, tmp_path, monkeypatch):
     assert mlflow.MlflowClient().search_model_versions("name = 'transferops-digits'") == []
 
 
+@pytest.mark.slow  # a whole kfp.local run (~55 s); the wiring itself is checked in test_compile.py
 def test_source_free_dag_runs_without_the_source_data_reaching_finetune(tiny_params, tmp_path, monkeypatch):
     """Compiled for ``shot`` at k = 0, the finetune task is given no source data and still adapts."""
     from pipelines.transfer_pipeline import run_local

@@ -12,7 +12,7 @@ import yaml
 from transferops.config import apply_overrides, config_from_dict
 from transferops.stages import finetune, ingest, pretrain
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.slow]  # a whole kfp.local run with a kill: ~70 s
 
 SETTINGS = [
     "finetune.epochs=3",
