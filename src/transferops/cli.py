@@ -247,7 +247,8 @@ def cmd_bench_methods(args: argparse.Namespace) -> int:
     cfg = _config(args)
     names = [m.strip() for m in args.methods.split(",")] if args.methods else None
     curve = tuple(int(k) for k in args.curve.split(",")) if args.curve else DEFAULT_CURVE
-    report = methods(cfg, args.seeds, names, curve, args.out, make_tracker(cfg, enabled=not args.no_mlflow))
+    tracker = make_tracker(cfg, enabled=not args.no_mlflow)
+    report = methods(cfg, args.seeds, names, curve, args.out, tracker, k0_only=args.unsupervised_k0_only)
     print(methods_markdown(report))
     return 0
 
@@ -436,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curve", default="", help="labels per class of the label-efficiency curve (default 0,1,2,5,10)")
     p.add_argument("--out", type=Path, default=Path("reports"), help="report directory (default reports/)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the benchmark to MLflow")
+    text = "run the unsupervised methods at k = 0 only (default: also at the default labels per class)"
+    p.add_argument("--unsupervised-k0-only", action="store_true", help=text)
     p.set_defaults(func=cmd_bench_methods)
     p = bench.add_parser("throughput", help="the Trainer's images/s next to a bare training step, on this device")
     p.add_argument("--model", default="smallcnn")

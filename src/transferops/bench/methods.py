@@ -144,12 +144,12 @@ def run_method(data: SeedData, name: str, k: int) -> Run:
     return run
 
 
-def plan(names: list[str], unsupervised: list[str], k_default: int) -> list[tuple[str, int]]:
+def plan(names: list[str], unsupervised: list[str], k_default: int, k0_only: bool = False) -> list[tuple[str, int]]:
     """(method, k) of the table: supervised methods at the default k, unsupervised ones at 0 and the default k
-    (methods that need labelled target images, e.g. fixmatch, are supervised here)."""
+    (only at 0 with ``k0_only``; methods that need labelled target images, e.g. fixmatch, are supervised here)."""
     runs = []
     for name in names:
-        for k in dict.fromkeys([0, k_default] if name in unsupervised else [k_default]):
+        for k in dict.fromkeys(([0] if k0_only else [0, k_default]) if name in unsupervised else [k_default]):
             runs.append((name, k))
     return runs
 
@@ -189,6 +189,7 @@ def methods(
     curve: tuple[int, ...] = DEFAULT_CURVE,
     out_dir: Path = Path("reports"),
     tracker=None,
+    k0_only: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark for seeds ``base.seed .. base.seed + n_seeds - 1``; write and return the report
     (reports/methods.json, methods.md, label_efficiency.png; an MLflow parent run with a nested run per entry
@@ -208,7 +209,7 @@ def methods(
         seeds = [prepare_seed(cfg, cfg.base.seed + i, ks, Path(tmp)) for i in range(n_seeds)]
         for data in seeds:
             runs.append(score_source_only(data))
-            runs.extend(run_method(data, name, k) for name, k in plan(names, unsupervised, k_default))
+            runs.extend(run_method(data, name, k) for name, k in plan(names, unsupervised, k_default, k0_only))
         best = best_unsupervised(runs, unsupervised)
         for data in seeds:
             for name, k in curve_plan(names, best, curve, runs.keys()):
