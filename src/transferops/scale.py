@@ -64,7 +64,8 @@ class _NoiseSource:
 
     def decode(self, i: int, size: int, channels: int) -> np.ndarray:
         rng = np.random.default_rng(i)
-        small = rng.integers(0, 256, (channels, max(2, size // 8), max(2, size // 8)), dtype=np.uint8)
+        side = max(2, -(-size // 8))  # ceil: 8x blocks cover any size (28 px -> 4 blocks -> 32, cut to 28)
+        small = rng.integers(0, 256, (channels, side, side), dtype=np.uint8)
         return np.repeat(np.repeat(small, 8, axis=1), 8, axis=2)[:, :size, :size].copy()
 
 
