@@ -301,7 +301,10 @@ class ShardedArray:
     epoch on data larger than memory.
     """
 
-    release_bytes = 256 << 20
+    release_bytes = 32 << 20
+    """Bytes gathered between releases. A random gather maps about 4x the bytes it reads (the kernel maps the
+    neighbouring cached pages of every fault): measured on 40,000 160-px RGB images, random batches of 64 held
+    a peak resident size of 1.77 GiB releasing every 256 MB and 0.85 GiB every 32 MB."""
 
     def __init__(self, parts: Sequence[np.ndarray], row_shape: tuple[int, ...] | None = None, dtype=None) -> None:
         self._read = 0
