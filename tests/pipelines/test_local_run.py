@@ -38,6 +38,7 @@ def test_dag_runs_end_to_end_and_registers(tiny_params, tmp_path, monkeypatch):
     assert float(mv.tags["transferops.accuracy"]) == pytest.approx(metrics["accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow  # a whole kfp.local run (~55 s); the gate itself is tested in tests/unit/test_registry.py
 def test_failing_gate_registers_nothing(tiny_params, tmp_path, monkeypatch):
     import mlflow
 

@@ -67,6 +67,7 @@ def _digest(root: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow  # a whole dvc repro, push and pull: ~80 s
 def test_dvc_push_pull_through_s3_remote(s3, tmp_path):
     url, client = s3
     client.create_bucket(Bucket="dvc-store")

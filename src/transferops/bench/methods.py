@@ -211,11 +211,14 @@ def methods(
             runs.append(score_source_only(data))
             runs.extend(run_method(data, name, k) for name, k in plan(names, unsupervised, k_default, k0_only))
         best = best_unsupervised(runs, unsupervised)
+        # planned once, before any seed runs: planned per seed, the first seed's curve runs would make the
+        # later seeds skip them (the curve had one seed)
+        wanted = curve_plan(names, best, curve, runs.keys())
+        if k_default and ("from_scratch", k_default) not in {*runs.keys(), *wanted}:
+            wanted.append(("from_scratch", k_default))
         for data in seeds:
-            for name, k in curve_plan(names, best, curve, runs.keys()):
+            for name, k in wanted:
                 runs.append(score_from_scratch(data, k) if name == "from_scratch" else run_method(data, name, k))
-        if k_default and ("from_scratch", k_default) not in runs.keys():
-            runs.extend(score_from_scratch(data, k_default) for data in seeds)
     report = build_report(cfg, runs, names, unsupervised, k_default, curve, best, n_seeds)
     write_report(report, out_dir)
     _log_to_mlflow(cfg, report, tracker)
@@ -278,7 +281,11 @@ def build_report(cfg, runs: Runs, names, unsupervised, k_default, curve, best, n
             "from_scratch": entry(runs.of("from_scratch", k_default), k_default),
         },
         "methods": {n: entry(runs.of(n, k_of[n]), k_of[n]) for n in names},
-        "extra": [{"method": n, **entry(runs.of(n, k_default), k_default)} for n in unsupervised if k_default],
+        "extra": [
+            {"method": n, **entry(runs.of(n, k_default), k_default)}
+            for n in unsupervised
+            if k_default and runs.of(n, k_default)
+        ],
         "curve": {"labels_per_class": list(curve), **{n: curve_of(n, "accuracy_mean") for n in followed}},
         "curve_std": {n: curve_of(n, "accuracy_std") for n in followed},
         "selection": selection_report(runs, unsupervised),
