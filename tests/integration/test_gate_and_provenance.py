@@ -99,3 +99,35 @@ def test_evaluate_reports_the_checkpoints_method_not_the_command_lines(tiny_cfg)
     _run(other, ingest)
     with pytest.raises(CheckpointError, match="trained on target data version"):
         evaluate.run(other)
+
+
+@pytest.mark.parametrize("floor", [0.1, 1.0])  # promoted, and refused by the accuracy floor
+def test_the_cli_and_the_kubeflow_component_make_the_same_gate_decision(tiny_cfg, tmp_path, floor):
+    """The register stage as the CLI/DVC runs it and as the Kubeflow component runs it (its artifacts linked
+    into a workspace by ``kfp_io``), on the same inputs, each against its own registry: the same outcome."""
+    from transferops import kfp_io
+
+    cfg = replace(tiny_cfg, register=replace(tiny_cfg.register, min_accuracy=floor))
+    _run(cfg, ingest, pretrain, finetune, evaluate)
+    register.run(cfg, MlflowTracker(cfg.mlflow))
+    cli = json.loads((Paths.from_config(cfg).stage("register") / "registration.json").read_text())
+
+    data = cfg.to_dict()
+    data["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'kfp-mlflow.db'}"
+    k = cfg.ingest.target.split.labels_per_class
+    component = kfp_io.component_config(json.dumps(data), cfg.base.seed, cfg.finetune.method, k, [])
+    paths = Paths.from_config(cfg)
+    inputs = {
+        "target_data": paths.target_data,
+        "target_model": paths.stage("finetune"),
+        "evaluation": paths.stage("evaluate"),
+    }
+    out = tmp_path / "registration-artifact"
+    kfp_io.run_stage_in_workspace(
+        "register", component, {n: str(p) for n, p in inputs.items()}, {"registration": str(out)}
+    )
+    kfp = json.loads((out / "registration.json").read_text())
+
+    same = ("model_name", "registered", "promoted", "version", "aliases", "reason")
+    assert {key: kfp[key] for key in same} == {key: cli[key] for key in same}
+    assert cli["promoted"] is (floor < 1.0) and kfp["tracking_uri"] != cli["tracking_uri"]
