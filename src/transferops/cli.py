@@ -268,6 +268,7 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
         augment=args.augment,
         steps=args.steps,
         width=args.width,
+        repeats=args.repeats,
     )
     report = throughput(spec, args.device, linear_probe=args.linear_probe)
     print(throughput_markdown(report))
@@ -450,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--augment", default="affine", help="training augmentation policy (default affine)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    p.add_argument("--steps", type=int, default=50, help="timed steps per run (default 50)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs of each; medians reported (default 3)")
     p.add_argument("--width", type=int, default=32, help="smallcnn width")
     p.add_argument("--device", default="auto")
     p.add_argument("--linear-probe", action="store_true", help="also time a linear probe, cached vs not")

@@ -17,6 +17,7 @@ from transferops.data.shards import (
     ShardedArray,
     ShardWriter,
     load_split,
+    open_npy,
     read_manifest,
     stratified_split,
     write_dataset,
@@ -356,3 +357,31 @@ def test_max_per_class_caps_deterministically():
     a = read_dataset(spec, 8, 1, 0)
     assert np.bincount(a.labels).tolist() == [7] * 10
     assert np.array_equal(a.images, read_dataset(spec, 8, 1, 0).images)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssFile from /proc")
+def test_random_gathers_from_mapped_shards_keep_resident_pages_bounded(tmp_path):
+    """Gathering 256 MB at random from 192 MB of shards just written (the page cache holds them in large
+    folios, which a fault through the mapping maps whole: 94 MiB for one batch of 768 KiB) adds next to
+    nothing to the file-backed resident size: rows are read through the file descriptor."""
+
+    def rss_file_mib() -> float:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("RssFile:"))
+        return int(line.split()[1]) / 1024
+
+    rows, row = 4096, (3, 64, 64)  # 12 KiB a row: 48 MiB a shard
+    for i in range(4):
+        np.save(tmp_path / f"s{i}.npy", np.full((rows, *row), i, dtype=np.uint8), allow_pickle=False)
+    data = ShardedArray([open_npy(tmp_path / f"s{i}.npy") for i in range(4)])
+    before = rss_file_mib()
+    rng = np.random.default_rng(0)
+    peak = 0.0
+    for _ in range(340):  # 340 gathers of 64 rows: 255 MiB read, more than the data
+        idx = rng.integers(0, len(data), 64)
+        got = data.take(idx)
+        assert np.array_equal(got[:, 0, 0, 0], idx // rows)
+        peak = max(peak, rss_file_mib() - before)
+    assert peak < 8, f"{peak:.0f} MiB of mapped pages resident"
+    # reads with repeats, unsorted, across shards and in contiguous runs give exactly the rows asked for
+    idx = np.array([4095, 4096, 4097, 3, 3, 16383, 0, 1, 2, 8191])
+    assert np.array_equal(data.take(idx)[:, 0, 0, 0], idx // rows)
