@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run repro test test-services test-slow test-all lint services bench bench-methods bench-targets data-push data-pull lock clean clean-all
+.PHONY: install run repro test test-services test-slow test-all lint services bench bench-methods bench-targets bench-scale data-push data-pull lock clean clean-all
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=python3.11-or-newer)"; exit 1; }
@@ -59,6 +59,11 @@ bench-methods: $(STAMP)
 ## the default pipeline on generated user-like targets (colour, inverted polarity, unseen font) -> reports/targets.*
 bench-targets: $(STAMP)
 	$(BIN)/transferops benchmark targets --seeds 3
+
+## the scale bars (issue 9): Trainer vs bare step images/s, then ingest + one epoch on 40,000 generated 160-px JPEGs
+bench-scale: $(STAMP)
+	$(BIN)/transferops benchmark throughput --no-mlflow
+	$(BIN)/transferops benchmark data --images 40000 --size 160
 
 ## version the data with DVC on the remote configured in .dvc/config (see README: credentials from the environment)
 data-push: $(STAMP)

@@ -355,6 +355,17 @@ class DANNConfig(AdaptationConfig):
     schedule_gamma: float = 10.0
     """GRL coefficient lambda(p) = 2 / (1 + exp(-gamma p)) - 1 over training progress p."""
     discriminator_lr_mult: float = 1.0
+    discriminator_norm: str = "none"
+    """``none`` | ``batch``: BatchNorm in the discriminator's hidden layers. Its batch mixes both domains, so
+    its statistics tell the domains apart on top of the features. Measured on the embedded default (5 seeds,
+    k = 0): DANN 83.2 +- 4.4 with ``batch``, 81.8 +- 3.0 with ``none``; the training curves with ``none`` rise
+    steadily where ``batch`` swings by up to 16 points between epochs."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(
+            self.discriminator_norm in ("none", "batch"), "discriminator_norm", "none or batch", self.discriminator_norm
+        )
 
 
 @dataclass(frozen=True)
@@ -387,6 +398,9 @@ class MCCConfig(AdaptationConfig):
 class CDANConfig(DANNConfig):
     """Conditional adversarial: the discriminator sees the multilinear map of features and predictions."""
 
+    discriminator_norm: str = "batch"
+    """As for DANN, but here ``batch`` measured steadier (5 seeds, k = 0): 85.4 +- 2.6 against 85.2 +- 4.0 with
+    ``none``."""
     entropy_conditioning: bool = True
     """CDAN+E: weight each example's domain loss by 1 + exp(-entropy of its prediction) (confident examples,
     whose conditioning is meaningful, count more)."""

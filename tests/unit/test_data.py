@@ -1,4 +1,5 @@
 import hashlib
+import pickle
 import struct
 import tarfile
 import time
@@ -385,3 +386,7 @@ def test_random_gathers_from_mapped_shards_keep_resident_pages_bounded(tmp_path)
     # reads with repeats, unsorted, across shards and in contiguous runs give exactly the rows asked for
     idx = np.array([4095, 4096, 4097, 3, 3, 16383, 0, 1, 2, 8191])
     assert np.array_equal(data.take(idx)[:, 0, 0, 0], idx // rows)
+    # a view of a shard (or an unpickled one) has no file to read from: it is read by indexing
+    views = ShardedArray([data.parts[0][10:20], pickle.loads(pickle.dumps(data.parts[1]))])
+    assert np.array_equal(views.take(np.array([0, 9, 10]))[:, 0, 0, 0], [0, 0, 1])
+    views.release()

@@ -22,7 +22,15 @@ from transferops.models import create_model
 from transferops.models.io import save_model
 from transferops.training.loop import Trainer
 from transferops.transfer import STRATEGIES, TransferContext, get_strategy
-from transferops.transfer.losses import coral, grad_reverse, grl_coefficient, kd_loss, mcc_loss, mk_mmd
+from transferops.transfer.losses import (
+    DomainDiscriminator,
+    coral,
+    grad_reverse,
+    grl_coefficient,
+    kd_loss,
+    mcc_loss,
+    mk_mmd,
+)
 
 from .helpers import random_split
 
@@ -289,6 +297,23 @@ def test_dann_discriminator_is_trained_and_saved_with_the_state():
     assert t.active == ["source", "unlabeled", "labeled"]  # labelled target joins when present
     assert not torch.equal(d0, strategy.modules()["discriminator"][0].weight)
     assert any(k.startswith("discriminator.") for k in t._state()["extra"])
+
+
+def test_discriminator_norm_decides_whether_an_example_is_judged_by_the_rest_of_its_batch():
+    """With BatchNorm in the discriminator, the domain logit of one example moves with the other examples of
+    the (mixed-domain) batch; without it (the default) it depends on that example alone."""
+    torch.manual_seed(0)
+    x, others = torch.randn(1, 12), torch.randn(7, 12)
+    for norm, alone in (("none", True), ("batch", False)):
+        d = DomainDiscriminator(12, 16, norm).train()
+        a = d(torch.cat([x, others]))[0]
+        b = d(torch.cat([x, others * 3 + 1]))[0]
+        assert torch.allclose(a, b) == alone, norm
+    strategy = get_strategy("dann", DANNConfig(hidden=16))
+    strategy.prepare(create_model("smallcnn", 3, width=8), ctx())
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in strategy.modules()["discriminator"].modules())
+    with pytest.raises(ConfigError, match="discriminator_norm"):
+        DANNConfig(discriminator_norm="layer")
 
 
 def test_source_data_is_read_only_by_methods_that_declare_it():

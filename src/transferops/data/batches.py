@@ -6,7 +6,7 @@ Under data parallelism each rank takes its own slice of that same global batch, 
 depend on the number of processes either.
 
 Batches stay uint8 until they are on the device (four times less to copy); :class:`Prefetcher` gathers the
-next batches from the memory maps in a background thread, into pinned memory when the device is a GPU, so the
+next batches from the shards in a background thread, into pinned memory when the device is a GPU, so the
 copy can overlap compute (``non_blocking=True``).
 """
 

@@ -8,8 +8,8 @@ code, and the bytes written are a pure function of the data, so the same data gi
 Neither side holds a dataset in memory. :func:`write_dataset` decodes images in a process pool and streams
 them into each shard file as they arrive (header first, then the pixels, hashing as it writes), so the peak
 memory is a window of images in flight whatever the dataset size. :func:`load_split` verifies each shard's
-sha256 by streaming it from disk, then opens it memory-mapped; a :class:`ShardedArray` gathers the rows a
-batch needs from the maps.
+sha256 by streaming it from disk, then opens it memory-mapped; a :class:`ShardedArray` reads the rows a
+batch needs from the shard files (``preadv`` into the batch, which maps no pages; see :class:`MappedShard`).
 """
 
 from __future__ import annotations
@@ -273,12 +273,13 @@ class MappedShard(np.ndarray):
     the mapping itself made resident (slicing, verification).
     """
 
-    mm: mmap.mmap
-    path: str
-    data_offset: int
+    mm: mmap.mmap | None = None
+    path: str | None = None
+    """None on a view or a copy (a slice, an unpickled array): those are read by indexing."""
+    data_offset: int = 0
 
     def release(self) -> None:
-        if hasattr(mmap, "MADV_DONTNEED"):
+        if self.mm is not None and hasattr(mmap, "MADV_DONTNEED"):
             self.mm.madvise(mmap.MADV_DONTNEED)
 
     def read_rows(self, rows: np.ndarray, out: np.ndarray) -> None:
@@ -356,7 +357,7 @@ class ShardedArray:
             sel = part_of == p
             local = sorted_idx[sel] - self.offsets[p]
             part = self.parts[p]
-            if isinstance(part, MappedShard) and hasattr(os, "preadv"):
+            if isinstance(part, MappedShard) and part.path is not None and hasattr(os, "preadv"):
                 rows, inverse = np.unique(local, return_inverse=True)
                 buf = np.empty((len(rows), *self.row_shape), dtype=self.dtype)
                 part.read_rows(rows, buf)

@@ -83,7 +83,9 @@ class DANN(Adaptation):
 
     def prepare(self, model: TransferNet, ctx: TransferContext) -> None:
         super().prepare(model, ctx)
-        self.extra["discriminator"] = DomainDiscriminator(model.feature_dim, self.cfg.hidden).to(ctx.device)
+        self.extra["discriminator"] = DomainDiscriminator(
+            model.feature_dim, self.cfg.hidden, self.cfg.discriminator_norm
+        ).to(ctx.device)
 
     def param_groups(self, model: TransferNet, lr: float):
         return [
@@ -149,7 +151,9 @@ class CDAN(DANN):
         Adaptation.prepare(self, model, ctx)
         full = model.feature_dim * ctx.num_classes
         dim = full if full <= self.FULL_MAP_LIMIT else self.cfg.randomized_dim
-        self.extra["discriminator"] = DomainDiscriminator(dim, self.cfg.hidden).to(ctx.device)
+        self.extra["discriminator"] = DomainDiscriminator(dim, self.cfg.hidden, self.cfg.discriminator_norm).to(
+            ctx.device
+        )
         if full > self.FULL_MAP_LIMIT:
             g = torch.Generator().manual_seed(ctx.seed)
             self.extra["random_map"] = RandomMap(model.feature_dim, ctx.num_classes, dim, g).to(ctx.device)

@@ -115,15 +115,18 @@ def shot_centroids(features: torch.Tensor, probs: torch.Tensor) -> tuple[torch.T
 
 
 class DomainDiscriminator(nn.Sequential):
-    """Features -> probability-of-source logit (two hidden layers)."""
+    """Features -> probability-of-source logit (two hidden layers, BatchNorm in them with ``norm="batch"``)."""
 
-    def __init__(self, in_features: int, hidden: int) -> None:
+    def __init__(self, in_features: int, hidden: int, norm: str = "none") -> None:
+        def bn() -> nn.Module:
+            return nn.BatchNorm1d(hidden) if norm == "batch" else nn.Identity()
+
         super().__init__(
             nn.Linear(in_features, hidden),
-            nn.BatchNorm1d(hidden),
+            bn(),
             nn.ReLU(),
             nn.Linear(hidden, hidden),
-            nn.BatchNorm1d(hidden),
+            bn(),
             nn.ReLU(),
             nn.Linear(hidden, 1),
         )
