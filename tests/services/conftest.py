@@ -19,7 +19,9 @@ import pytest
 
 from scripts.services import S3_CREDENTIALS, MlflowServer, Postgres, S3Server
 
-STORES = ("sqlite", "postgresql")
+STORES = (pytest.param("sqlite", marks=pytest.mark.slow), "postgresql")
+"""PostgreSQL is the production store and runs in ``make test``; the same module against a sqlite-backed server
+(~1.7 min) runs with ``make test-slow`` (the local sqlite store itself is exercised by the integration tests)."""
 ARTIFACTS_BUCKET = "mlflow-artifacts"
 
 
