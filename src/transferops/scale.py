@@ -284,7 +284,7 @@ def make_image_folder(root: Path, images: int, size: int, classes: int = 10, wor
 def _measured(fn, *args) -> dict[str, Any]:
     """Run ``fn(*args)`` in this (fresh) process; return its result with wall time and peak memory figures:
     the process's peak resident size, the peaks of its anonymous and file-backed parts (sampled every 50 ms:
-    the file-backed part is the memory-mapped shards and the shared libraries), and its decode workers' peak."""
+    the file-backed part is mapped files, chiefly the shared libraries), and its decode workers' peak."""
     peaks = {"RssAnon": 0, "RssFile": 0}
     done = threading.Event()
 

@@ -269,18 +269,12 @@ class MappedShard(np.ndarray):
     cache holds in large folios (a file just written, as ingest leaves its shards) maps the whole folio: 64
     random rows of 12 KiB made 94 MiB resident. :meth:`read_rows` therefore reads the rows a batch needs
     through the file descriptor (``preadv`` straight into the batch), which maps nothing; the pages stay in
-    the page cache, which is not this process's memory. :meth:`release` (``MADV_DONTNEED``) drops whatever
-    the mapping itself made resident (slicing, verification).
+    the page cache, which is not this process's memory.
     """
 
-    mm: mmap.mmap | None = None
     path: str | None = None
     """None on a view or a copy (a slice, an unpickled array): those are read by indexing."""
     data_offset: int = 0
-
-    def release(self) -> None:
-        if self.mm is not None and hasattr(mmap, "MADV_DONTNEED"):
-            self.mm.madvise(mmap.MADV_DONTNEED)
 
     def read_rows(self, rows: np.ndarray, out: np.ndarray) -> None:
         """Rows ``rows`` (sorted, unique) into ``out`` (len(rows), *row shape), one ``preadv`` per contiguous
@@ -313,7 +307,7 @@ def open_npy(path: Path) -> MappedShard:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     count = int(np.prod(shape))
     arr = np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape).view(MappedShard)
-    arr.mm, arr.path, arr.data_offset = mm, str(path), offset
+    arr.path, arr.data_offset = str(path), offset
     return arr
 
 
@@ -365,12 +359,6 @@ class ShardedArray:
             else:
                 out[order[sel]] = part[local]
         return out
-
-    def release(self) -> None:
-        """Hand the mapped shards' pages back (see :class:`MappedShard`)."""
-        for part in self.parts:
-            if isinstance(part, MappedShard):
-                part.release()
 
     def __getitem__(self, key):
         if isinstance(key, slice):
