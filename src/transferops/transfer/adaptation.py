@@ -84,8 +84,12 @@ class DANN(Adaptation):
     def prepare(self, model: TransferNet, ctx: TransferContext) -> None:
         super().prepare(model, ctx)
         self.extra["discriminator"] = DomainDiscriminator(
-            model.feature_dim, self.cfg.hidden, self.cfg.discriminator_norm
+            self.discriminator_input(model, ctx), self.cfg.hidden, self.cfg.discriminator_norm
         ).to(ctx.device)
+
+    def discriminator_input(self, model: TransferNet, ctx: TransferContext) -> int:
+        """Width of what the discriminator judges: here the backbone features."""
+        return model.feature_dim
 
     def param_groups(self, model: TransferNet, lr: float):
         return [
@@ -147,16 +151,18 @@ class CDAN(DANN):
     cfg: CDANConfig
     FULL_MAP_LIMIT = 4096
 
-    def prepare(self, model: TransferNet, ctx: TransferContext) -> None:
-        Adaptation.prepare(self, model, ctx)
+    def discriminator_input(self, model: TransferNet, ctx: TransferContext) -> int:
+        """Width of the multilinear map: features x classes, or the random map's width beyond the limit."""
         full = model.feature_dim * ctx.num_classes
-        dim = full if full <= self.FULL_MAP_LIMIT else self.cfg.randomized_dim
-        self.extra["discriminator"] = DomainDiscriminator(dim, self.cfg.hidden, self.cfg.discriminator_norm).to(
-            ctx.device
-        )
-        if full > self.FULL_MAP_LIMIT:
+        return full if full <= self.FULL_MAP_LIMIT else self.cfg.randomized_dim
+
+    def prepare(self, model: TransferNet, ctx: TransferContext) -> None:
+        super().prepare(model, ctx)
+        if model.feature_dim * ctx.num_classes > self.FULL_MAP_LIMIT:
             g = torch.Generator().manual_seed(ctx.seed)
-            self.extra["random_map"] = RandomMap(model.feature_dim, ctx.num_classes, dim, g).to(ctx.device)
+            self.extra["random_map"] = RandomMap(model.feature_dim, ctx.num_classes, self.cfg.randomized_dim, g).to(
+                ctx.device
+            )
 
     def align(self, fs, ft, ls, lt, progress):
         f = torch.cat([fs, ft])
