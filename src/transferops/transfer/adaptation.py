@@ -20,7 +20,7 @@ from transferops.config import AdaptationConfig, CDANConfig, CoralConfig, DANNCo
 from transferops.errors import ConfigError
 from transferops.models import TransferNet
 from transferops.transfer.base import Batch, Strategy, TransferContext, register
-from transferops.transfer.domains import classify, source_features, target_features
+from transferops.transfer.domains import classify, labeled_target_term, source_features, target_pass
 from transferops.transfer.losses import (
     DomainDiscriminator,
     coral,
@@ -56,21 +56,17 @@ class Adaptation(Strategy):
         raise NotImplementedError
 
     def loss(self, model: TransferNet, batches: dict[str, Batch], progress: float):
-        (xs, ys), (xt, _) = batches["source"], batches["unlabeled"]
+        xs, ys = batches["source"]
         fs = source_features(model, xs)
-        if "labeled" in batches:
-            ft, fl = target_features(model, xt, batches["labeled"][0])
-        else:
-            (ft,) = target_features(model, xt)
+        ft, fl = target_pass(model, batches)
         ls, lt = classify(model, fs), classify(model, ft)
         ce = self.ce(ls, ys)
         term, logs = self.align(fs, ft, ls, lt, progress)
         loss = ce + self.cfg.trade_off * term
         logs = {"ce_source": ce.detach(), **logs, "target_entropy": mean_entropy(lt).detach()}
-        if "labeled" in batches:
-            ce_t = self.ce(classify(model, fl), batches["labeled"][1])
+        ce_t = labeled_target_term(self.ce, model, fl, batches, logs)
+        if ce_t is not None:
             loss = loss + self.cfg.target_weight * ce_t
-            logs["ce_target"] = ce_t.detach()
         return loss, logs
 
 

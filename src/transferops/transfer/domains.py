@@ -21,7 +21,7 @@ average over the target batches of training), as AdaBN prescribes for the domain
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -56,6 +56,35 @@ def target_features(model: TransferNet, *batches: torch.Tensor) -> list[torch.Te
     """Backbone features of target batches (e.g. unlabelled and labelled) in one pass: they are one domain."""
     feats = model.features(torch.cat(batches) if len(batches) > 1 else batches[0])
     return list(feats.split([len(b) for b in batches]))
+
+
+def target_pass(
+    model: TransferNet, batches: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Features of the step's unlabelled target batch and, when it has one, of its labelled target batch: one
+    target pass for both (they are one domain), split back apart."""
+    xt = batches["unlabeled"][0]
+    if "labeled" not in batches:
+        return model.features(xt), None
+    ft, fl = target_features(model, xt, batches["labeled"][0])
+    return ft, fl
+
+
+def labeled_target_term(
+    ce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    model: TransferNet,
+    labeled_features: torch.Tensor | None,
+    batches: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    logs: dict[str, torch.Tensor],
+) -> torch.Tensor | None:
+    """Cross-entropy on the labelled target images of a step (k > 0), logged as ``ce_target``; ``None`` when the
+    step has none (k = 0). The methods that adapt on unlabelled target images add it with their
+    ``target_weight``."""
+    if labeled_features is None:
+        return None
+    ce_t = ce(classify(model, labeled_features), batches["labeled"][1])
+    logs["ce_target"] = ce_t.detach()
+    return ce_t
 
 
 def classify(model: TransferNet, features: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from transferops.errors import ConfigError
 from transferops.models import TransferNet
 from transferops.models.inference import predict_features
 from transferops.transfer.base import Batch, Strategy, TransferContext, register
-from transferops.transfer.domains import classify, target_features
+from transferops.transfer.domains import classify, labeled_target_term, target_pass
 from transferops.transfer.losses import entropy, information_maximisation, nearest_centroid, shot_centroids
 
 
@@ -82,11 +82,7 @@ class SHOT(Strategy):
         c.epoch.fill_(epoch)
 
     def loss(self, model: TransferNet, batches: dict[str, Batch], progress: float):
-        xt = batches["unlabeled"][0]
-        if "labeled" in batches:
-            ft, fl = target_features(model, xt, batches["labeled"][0])
-        else:
-            (ft,) = target_features(model, xt)
+        ft, fl = target_pass(model, batches)
         logits = classify(model, ft)
         ent, div = information_maximisation(logits)
         c = self.extra["centroids"]
@@ -94,10 +90,9 @@ class SHOT(Strategy):
         ce_pseudo = F.cross_entropy(logits, pseudo)
         loss = ent - self.cfg.diversity_weight * div + self.cfg.pseudo_label_weight * ce_pseudo
         logs = {"target_entropy": ent.detach(), "diversity": div.detach(), "ce_pseudo": ce_pseudo.detach()}
-        if "labeled" in batches:
-            ce_t = self.ce(classify(model, fl), batches["labeled"][1])
+        ce_t = labeled_target_term(self.ce, model, fl, batches, logs)
+        if ce_t is not None:
             loss = loss + self.cfg.target_weight * ce_t
-            logs["ce_target"] = ce_t.detach()
         return loss, logs
 
 
