@@ -393,6 +393,35 @@ def test_running_stats_frozen_restores_momentum_and_counter():
     assert bn.running_mean.mean() > 0.3
 
 
+def test_target_pass_runs_labelled_and_unlabelled_target_together_and_adds_their_ce_only_when_labelled():
+    """k > 0: one target pass over both target batches (BatchNorm statistics of their union) and a logged
+    cross-entropy on the labelled ones; k = 0: no labelled features, no term, no log entry."""
+    from transferops.transfer.domains import classify, labeled_target_term, target_pass
+
+    xs, xt, ys = _bn_case()
+    xl, yl = xt[:3].flip(-1) * 0.9, ys[:3]
+    model = create_model("smallcnn", 3, width=8)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    ft, fl = target_pass(model, {"unlabeled": (xt, ys), "labeled": (xl, yl)})
+    assert ft.shape[0] == len(xt) and fl.shape[0] == len(xl)
+    together = create_model("smallcnn", 3, width=8)
+    together.load_state_dict(init)
+    together.train()
+    together.features(torch.cat([xt, xl]))
+    assert torch.allclose(_first_bn(model).running_mean, _first_bn(together).running_mean, atol=1e-6)
+    logs: dict[str, torch.Tensor] = {}
+    ce = labeled_target_term(F.cross_entropy, model, fl, {"labeled": (xl, yl)}, logs)
+    assert float(ce) == pytest.approx(float(F.cross_entropy(classify(model, fl), yl)), rel=1e-6)
+    assert float(logs["ce_target"]) == pytest.approx(float(ce))
+
+    model.load_state_dict(init)
+    ft0, fl0 = target_pass(model, {"unlabeled": (xt, ys)})
+    logs = {}
+    assert fl0 is None and labeled_target_term(F.cross_entropy, model, fl0, {}, logs) is None and logs == {}
+    assert ft0.shape == ft.shape
+
+
 # ---------------------------------------------------------------------------------------------- CDAN
 def test_cdan_discriminator_sees_the_multilinear_map_and_weights_by_entropy():
     from transferops.config import CDANConfig
