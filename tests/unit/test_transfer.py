@@ -334,6 +334,15 @@ def _first_bn(model):
     return next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
+def _bn_after_one_pass(init, x):
+    """The first BatchNorm layer of a model with weights ``init`` after one train-mode pass over ``x``."""
+    model = create_model("smallcnn", 3, width=8)
+    model.load_state_dict(init)
+    model.train()
+    model.features(x)
+    return _first_bn(model)
+
+
 @pytest.mark.parametrize("name", ["dann", "mmd", "coral", "mcc", "cdan", "joint"])
 def test_batchnorm_sees_each_domain_separately_and_keeps_target_statistics(name):
     """After one step: the running statistics are the target batch's alone (whatever the source batch), and the
@@ -360,12 +369,9 @@ def test_batchnorm_sees_each_domain_separately_and_keeps_target_statistics(name)
 
     mean, var, ce_s = step(xs, xt)
     # the target batch alone, through a copy: what its statistics give
-    alone = create_model("smallcnn", 3, width=8)
-    alone.load_state_dict(init)
-    alone.train()
-    alone.features(xt)
-    assert torch.allclose(mean, _first_bn(alone).running_mean, atol=1e-6)
-    assert torch.allclose(var, _first_bn(alone).running_var, atol=1e-5)
+    alone = _bn_after_one_pass(init, xt)
+    assert torch.allclose(mean, alone.running_mean, atol=1e-6)
+    assert torch.allclose(var, alone.running_var, atol=1e-5)
     # another source batch: same running statistics; another target batch: same source loss
     mean2, var2, _ = step(xs.flip(0) * 0.5, xt)
     assert torch.equal(mean, mean2) and torch.equal(var, var2)
@@ -373,11 +379,7 @@ def test_batchnorm_sees_each_domain_separately_and_keeps_target_statistics(name)
         _, _, ce_s2 = step(xs, xt.flip(0) * 0.9)
         assert ce_s2 == pytest.approx(ce_s, rel=1e-6)
     # a single mixed pass would have given other statistics
-    mixed = create_model("smallcnn", 3, width=8)
-    mixed.load_state_dict(init)
-    mixed.train()
-    mixed.features(torch.cat([xs, xt]))
-    assert not torch.allclose(mean, _first_bn(mixed).running_mean, atol=1e-3)
+    assert not torch.allclose(mean, _bn_after_one_pass(init, torch.cat([xs, xt])).running_mean, atol=1e-3)
 
 
 def test_running_stats_frozen_restores_momentum_and_counter():
@@ -405,11 +407,8 @@ def test_target_pass_runs_labelled_and_unlabelled_target_together_and_adds_their
     model.train()
     ft, fl = target_pass(model, {"unlabeled": (xt, ys), "labeled": (xl, yl)})
     assert ft.shape[0] == len(xt) and fl.shape[0] == len(xl)
-    together = create_model("smallcnn", 3, width=8)
-    together.load_state_dict(init)
-    together.train()
-    together.features(torch.cat([xt, xl]))
-    assert torch.allclose(_first_bn(model).running_mean, _first_bn(together).running_mean, atol=1e-6)
+    together = _bn_after_one_pass(init, torch.cat([xt, xl]))
+    assert torch.allclose(_first_bn(model).running_mean, together.running_mean, atol=1e-6)
     logs: dict[str, torch.Tensor] = {}
     ce = labeled_target_term(F.cross_entropy, model, fl, {"labeled": (xl, yl)}, logs)
     assert float(ce) == pytest.approx(float(F.cross_entropy(classify(model, fl), yl)), rel=1e-6)
