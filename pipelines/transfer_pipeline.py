@@ -1,4 +1,5 @@
-"""``transfer_pipeline``: ingest -> pretrain -> finetune -> evaluate -> register (whose gate decides).
+"""``transfer_pipeline``: the declared stage graph (:mod:`transferops.stages.graph`) as a Kubeflow DAG: ingest ->
+rank -> schedule -> [retrain: pretrain -> finetune, baseline -> evaluate -> register (whose gate decides)].
 
 Pipeline parameters default from ``params.yaml`` and the ``--set`` overrides given at compile time: the whole
 resolved file travels as ``params_json`` (one line of JSON) and the knobs people turn most (seed, method,
@@ -17,6 +18,7 @@ without a run-id input that would defeat caching.
     transferops pipeline schedule --host URL [--cron "0 0 3 * * *"]
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -29,10 +31,11 @@ from kfp import compiler, dsl, kubernetes
 from components import stages as c
 from components.image import IMAGE
 from transferops.config import apply_overrides, config_from_dict, read_params
-from transferops.kubeflow.launch import launch_for
+from transferops.kubeflow.launch import Launch, launch_for
 from transferops.kubeflow.settings import KfpConfig, NodePoolConfig, kfp_from_dict
+from transferops.stages import graph
+from transferops.stages.graph import GRAPH, Stage
 from transferops.training.state import RUN_KEY_ENV
-from transferops.transfer import STRATEGIES
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +67,23 @@ def _place(task: dsl.PipelineTask, pool: NodePoolConfig, kfp: KfpConfig) -> dsl.
     return task
 
 
-def _gpu(task: dsl.PipelineTask, kfp: KfpConfig) -> dsl.PipelineTask:
-    _place(task, kfp.gpu, kfp)
-    task.set_retry(num_retries=kfp.retries, backoff_duration=kfp.backoff_duration, backoff_factor=kfp.backoff_factor)
-    task.set_caching_options(kfp.cache_training)
+def _stage_task(stage: Stage, produced: dict, cfg, kfp: KfpConfig, launch: Launch, **params) -> dsl.PipelineTask:
+    """One task for a graph stage: its inputs wired to the tasks that produce them, placed on its node pool."""
+    component = getattr(c, stage.name)
+    inputs = {a: produced[a] for a in stage.inputs_for(cfg)}
+    if stage.resumable:  # how it runs (one process, torchrun, a TrainJob) is compiled in
+        inputs["launch"] = launch.to_json()
+    task = component(**inputs, **params)
+    on_gpu = stage.pool == "gpu" and not (stage.resumable and launch.trainjob)  # a TrainJob task only waits
+    _place(task, kfp.gpu if on_gpu else kfp.cpu, kfp)
+    if stage.pool == "gpu":  # spot GPU nodes get preempted: training resumes from its durable state
+        task.set_retry(
+            num_retries=kfp.retries, backoff_duration=kfp.backoff_duration, backoff_factor=kfp.backoff_factor
+        )
+    cache = kfp.cache_training if stage.pool == "gpu" else kfp.cache_ingest
+    task.set_caching_options(cache and stage.cacheable).set_display_name(stage.name)
+    for artifact in stage.outputs:
+        produced[artifact] = task.outputs[artifact]
     return task
 
 
@@ -78,118 +94,82 @@ def resolve(params_path: Path = DEFAULT_PARAMS, overrides: list[str] | tuple[str
     return data, kfp_from_dict(data)
 
 
+def _named_params(cfg) -> dict[str, Any]:
+    k = cfg.ingest.target.split.labels_per_class
+    return {"seed": cfg.base.seed, "method": cfg.finetune.method, "labels_per_class": -1 if k is None else k}
+
+
 def build_pipeline(params_path: Path = DEFAULT_PARAMS, overrides: list[str] | tuple[str, ...] = ()):
-    """The pipeline function, its parameter defaults taken from ``params_path`` plus ``overrides``."""
+    """The pipeline function: one task per stage of :data:`~transferops.stages.graph.GRAPH`, in its order, each
+    input wired to the task producing it; the stages after the gate (``schedule``) under a ``dsl.If``. Parameter
+    defaults come from ``params_path`` plus ``overrides``."""
     data, kfp = resolve(params_path, overrides)
     cfg = config_from_dict(data)
     # one line of JSON: KFP copies defaults into a comment header, which a multi-line string would break
     params_text = json.dumps(data, separators=(",", ":"))
-    k = cfg.ingest.target.split.labels_per_class
-    launch = launch_for(kfp, IMAGE).to_json()  # how the training tasks run: one process, torchrun or a TrainJob
-    needs_source = STRATEGIES[cfg.finetune.method].uses_source_data
+    named = _named_params(cfg)
+    launch = launch_for(kfp, IMAGE)  # how the training tasks run: one process, torchrun or a TrainJob
 
     @dsl.pipeline(name=kfp.pipeline_name, description="Transfer a source-domain model to a target domain.")
     def transfer_pipeline(
         params_json: str = params_text,
-        seed: int = cfg.base.seed,
-        method: str = cfg.finetune.method,
-        labels_per_class: int = -1 if k is None else k,
+        seed: int = named["seed"],
+        method: str = named["method"],
+        labels_per_class: int = named["labels_per_class"],
         overrides: list = [],  # noqa: B006 (a KFP default, not a Python mutable shared across calls)
     ):
         common = dict(
             params_json=params_json, seed=seed, method=method, labels_per_class=labels_per_class, overrides=overrides
         )
-        ingest = _place(c.ingest(**common), kfp.cpu, kfp).set_caching_options(kfp.cache_ingest)
-        ingest.set_display_name("ingest")
-        # whether to retrain is the library's decision (always True unless schedule.retrain_when says otherwise)
-        check = _place(c.schedule(target_data=ingest.outputs["target_data"], **common), kfp.cpu, kfp)
-        check.set_caching_options(False).set_display_name("schedule")
-        with dsl.If(check.output == True, name="retrain"):  # noqa: E712
-            pretrain = _gpu(c.pretrain(source_data=ingest.outputs["source_data"], launch=launch, **common), kfp)
-            pretrain.set_display_name("pretrain")
-            # a source-free method's task gets the source model only: the source data need not reach it
-            source = {"source_data": ingest.outputs["source_data"]} if needs_source else {}
-            finetune = _gpu(
-                c.finetune(
-                    launch=launch,
-                    target_data=ingest.outputs["target_data"],
-                    source_model=pretrain.outputs["source_model"],
-                    **source,
-                    **common,
-                ),
-                kfp,
-            )
-            finetune.set_display_name("finetune")
-            evaluate = _gpu(
-                c.evaluate(
-                    target_data=ingest.outputs["target_data"],
-                    source_model=pretrain.outputs["source_model"],
-                    target_model=finetune.outputs["target_model"],
-                    **common,
-                ),
-                kfp,
-            )
-            evaluate.set_display_name("evaluate")
-            # no condition here: the gate is the library's (register_candidate), the same for every adapter
-            register = _place(
-                c.register(
-                    target_data=ingest.outputs["target_data"],
-                    target_model=finetune.outputs["target_model"],
-                    evaluation=evaluate.outputs["evaluation"],
-                    **common,
-                ),
-                kfp.cpu,
-                kfp,
-            )
-            register.set_caching_options(False).set_display_name("register")
+        produced: dict[str, Any] = {}
+        with contextlib.ExitStack() as gated:
+            for stage in GRAPH:
+                task = _stage_task(stage, produced, cfg, kfp, launch, **common)
+                if stage.gate:  # the library decides (schedule.retrain_when); the rest runs only on "retrain"
+                    gated.enter_context(dsl.If(task.outputs["Output"] == True, name="retrain"))  # noqa: E712
 
     return transfer_pipeline
 
 
+def sweep_stages(points: list[list[str]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(shared, per point): the stages up to evaluate that a sweep runs once, and those it runs per point: every
+    stage that reads a key the grid varies, or an output of such a stage."""
+    made_by = graph.producers()
+    varied = {o.split("=", 1)[0] for point in points for o in point}
+    looped: set[str] = set()
+    for name in graph.upstream("evaluate"):
+        stage = graph.BY_NAME[name]
+        if any(graph.reads(name, key) for key in varied) or any(made_by[a] in looped for a in stage.all_inputs):
+            looped.add(name)
+    stages = graph.upstream("evaluate")
+    return tuple(n for n in stages if n not in looped), tuple(n for n in stages if n in looped)
+
+
 def build_sweep_pipeline(params_path: Path, overrides, points: list[list[str]]):
-    """One ingest and pretrain, then a ``dsl.ParallelFor`` over the sweep's points of finetune + evaluate (the
-    points only vary finetune.* and evaluate.*: :func:`transferops.sweep.check_shared`)."""
+    """The shared stages once, then a ``dsl.ParallelFor`` over the sweep's points of the others
+    (:func:`sweep_stages`; the points only vary finetune.* and evaluate.*: :func:`transferops.sweep.check_shared`)."""
     from transferops.sweep import check_shared
 
     check_shared(points)
     data, kfp = resolve(params_path, overrides)
     cfg = config_from_dict(data)
     params_text = json.dumps(data, separators=(",", ":"))
-    launch = launch_for(kfp, IMAGE).to_json()
+    launch = launch_for(kfp, IMAGE)
+    shared, per_point = sweep_stages(points)
     items = [{"overrides": p} for p in points]
 
     @dsl.pipeline(name=f"{kfp.pipeline_name}-sweep", description="A grid over finetune/evaluate settings.")
     def sweep_pipeline(params_json: str = params_text, seed: int = cfg.base.seed):
-        k = cfg.ingest.target.split.labels_per_class
-        shared = dict(
-            params_json=params_json, seed=seed, method=cfg.finetune.method, labels_per_class=-1 if k is None else k
-        )
-        ingest = _place(c.ingest(overrides=[], **shared), kfp.cpu, kfp).set_caching_options(kfp.cache_ingest)
-        pretrain = _gpu(
-            c.pretrain(source_data=ingest.outputs["source_data"], launch=launch, overrides=[], **shared), kfp
-        )
+        named = {**_named_params(cfg), "seed": seed}
+        produced: dict[str, Any] = {}
+        for name in shared:
+            _stage_task(graph.BY_NAME[name], produced, cfg, kfp, launch, params_json=params_json, overrides=[], **named)
         with dsl.ParallelFor(items=items, parallelism=kfp.sweep_parallelism) as point:
-            finetune = _gpu(
-                c.finetune(
-                    launch=launch,
-                    source_data=ingest.outputs["source_data"],
-                    target_data=ingest.outputs["target_data"],
-                    source_model=pretrain.outputs["source_model"],
-                    overrides=point.overrides,
-                    **shared,
-                ),
-                kfp,
-            )
-            _gpu(
-                c.evaluate(
-                    target_data=ingest.outputs["target_data"],
-                    source_model=pretrain.outputs["source_model"],
-                    target_model=finetune.outputs["target_model"],
-                    overrides=point.overrides,
-                    **shared,
-                ),
-                kfp,
-            )
+            for name in per_point:
+                stage = graph.BY_NAME[name]
+                _stage_task(
+                    stage, produced, cfg, kfp, launch, params_json=params_json, overrides=point.overrides, **named
+                )
 
     return sweep_pipeline
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from transferops import __version__
 from transferops.config import DEFAULT_PARAMS, Config, dump_config, load_config
 from transferops.errors import TransferopsError
-from transferops.stages import STAGES
+from transferops.stages.graph import GRAPH, gated
 
 log = logging.getLogger("transferops")
 
@@ -42,27 +42,30 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.params, args.set)
 
 
-def run_stage(name: str, cfg: Config, restart: bool = False):
+def run_stage(name: str, cfg: Config, restart: bool = False, obey_schedule: bool = False):
     """Run one stage with the MLflow tracker (under torchrun, rank 0 alone tracks)."""
     from transferops.stages import run_stage as run
     from transferops.tracking import make_tracker
 
-    return run(name, cfg, make_tracker(cfg, enabled=os.environ.get("RANK", "0") == "0"), restart)
+    tracker = make_tracker(cfg, enabled=os.environ.get("RANK", "0") == "0")
+    return run(name, cfg, tracker, restart, obey_schedule)
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    run_stage(args.command, _config(args), restart=getattr(args, "restart", False))
+    run_stage(args.command, _config(args), getattr(args, "restart", False), args.obey_schedule)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The whole pipeline under one MLflow parent run: through ``dvc repro`` (default) or in-process.
+    """The whole pipeline (:mod:`transferops.stages.graph`) under one MLflow parent run: through ``dvc repro``
+    (default) or in this process (``--direct``).
 
-    With ``schedule.retrain_when`` other than ``always``, ingest runs first and the run stops there, with one
-    line saying why, when the schedule says there is nothing to retrain.
+    The schedule stage decides whether this run retrains; when it says no, the run says why in one line (in
+    this process the run stops there; under DVC the stages after it keep their outputs).
     """
+    from transferops.stages import read_decision, run_pipeline
     from transferops.summary import print_summary
-    from transferops.tracking import PARENT_ENV, MlflowTracker
+    from transferops.tracking import PARENT_ENV, MlflowTracker, make_tracker
 
     cfg = _config(args)
     if args.set and not args.direct:
@@ -73,27 +76,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     parent = tracker.start_pipeline_run(None, cfg)
     log.info("pipeline run %s (MLflow experiment %r)", parent, cfg.mlflow.experiment)
     os.environ[PARENT_ENV] = parent
-    status, decision = "FAILED", None
+    status = "FAILED"
     try:
-        scheduled = cfg.schedule.retrain_when != "always"
-        if args.direct or scheduled:
-            run_stage("ingest", cfg) if args.direct else _dvc(["repro", "ingest"], parent, args.force)
-        if scheduled:
-            from transferops.stages import schedule
-
-            decision = schedule.run(cfg, tracker).metrics
-        if decision is None or decision["retrain"]:
-            if args.direct:
-                for name in STAGES[1:]:
-                    run_stage(name, cfg)
-            else:
-                _dvc(["repro"], parent, args.force)
+        if args.direct:
+            _, decision = run_pipeline(cfg, lambda _: make_tracker(cfg))
+        else:
+            _dvc(["repro"], parent, args.force)
+            decision = read_decision(cfg)
         status = "FINISHED"
     finally:
         tracker.end_pipeline_run(status)
         os.environ.pop(PARENT_ENV, None)
     if decision is not None and not decision["retrain"]:
-        print(f"transferops run: stopped after ingest, no retraining: {decision['reason']}")
+        kept = "stopped after the schedule" if args.direct else "the stages after the schedule kept their outputs"
+        print(f"transferops run: no retraining ({kept}): {decision['reason']}")
         return 0
     print_summary(cfg, tracker.uri)
     return 0
@@ -133,9 +129,20 @@ def cmd_rank(args: argparse.Namespace) -> int:
     if table:
         print(rank.markdown(table))
         print(f"best under {cfg.rank.score}: {result.metrics['winner']}")
-    if args.out and not args.no_report and table:
+    if args.out and table:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"score": cfg.rank.score, "table": table}, indent=2) + "\n")
+    return 0
+
+
+def cmd_dvc_yaml(args: argparse.Namespace) -> int:
+    from transferops.stages import dvc
+
+    if args.check:
+        same = args.out.is_file() and args.out.read_text() == dvc.render()
+        print(f"{args.out}: {'up to date' if same else 'differs from the stage graph: run `transferops dvc-yaml`'}")
+        return 0 if same else 1
+    print(f"{args.out}: {'written' if dvc.write(args.out) else 'unchanged'}")
     return 0
 
 
@@ -233,7 +240,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_seeds(args: argparse.Namespace) -> int:
-    from transferops.bench import seeds, seeds_markdown
+    from transferops_bench import seeds, seeds_markdown
 
     report = seeds(_config(args), args.seeds, args.out)
     print(seeds_markdown(report))
@@ -241,8 +248,8 @@ def cmd_bench_seeds(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_methods(args: argparse.Namespace) -> int:
-    from transferops.bench import DEFAULT_CURVE, methods, methods_markdown
     from transferops.tracking import make_tracker
+    from transferops_bench import DEFAULT_CURVE, methods, methods_markdown
 
     cfg = _config(args)
     names = [m.strip() for m in args.methods.split(",")] if args.methods else None
@@ -254,7 +261,7 @@ def cmd_bench_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
-    from transferops.scale import ThroughputSpec, throughput, throughput_markdown
+    from transferops_bench.scale import ThroughputSpec, throughput, throughput_markdown
 
     spec = ThroughputSpec(
         model=args.model,
@@ -280,7 +287,7 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_ranking(args: argparse.Namespace) -> int:
-    from transferops.ranking_benchmark import markdown, validate
+    from transferops_bench.ranking import markdown, validate
 
     names = [n.strip() for n in args.candidates.split(",")] if args.candidates else None
     print(markdown(validate(_config(args), args.seeds, names, args.out)))
@@ -288,7 +295,7 @@ def cmd_bench_ranking(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_data(args: argparse.Namespace) -> int:
-    from transferops.scale import data, data_markdown
+    from transferops_bench.scale import data, data_markdown
 
     report = data(args.images, args.size, args.folder, args.workers, args.width, args.epoch_steps, args.keep)
     print(data_markdown(report))
@@ -310,7 +317,7 @@ def _log_benchmark(name: str, report: dict) -> None:
 
 
 def cmd_bench_targets(args: argparse.Namespace) -> int:
-    from transferops.bench import targets, targets_markdown
+    from transferops_bench import targets, targets_markdown
 
     names = [t.strip() for t in args.targets.split(",")] if args.targets else None
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
@@ -409,18 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transferops", description="Deep transfer learning pipeline.")
     parser.add_argument("--version", action="version", version=f"transferops {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    docs = {
-        "ingest": "read, validate, split and shard the source and target datasets",
-        "pretrain": "train the model on the labelled source domain",
-        "finetune": "transfer the source model to the target domain with finetune.method",
-        "evaluate": "score on the target test split against the source-only and from-scratch baselines",
-        "register": "log to MLflow, register, alias challenger, promote to champion if the gate passes",
-    }
-    for name in STAGES:
-        p = sub.add_parser(name, parents=[common], help=docs[name], description=docs[name])
-        if name in ("pretrain", "finetune"):
+    for stage in GRAPH:
+        if stage.name == "rank":  # rank has options of its own (cmd_rank)
+            continue
+        p = sub.add_parser(stage.name, parents=[common], help=stage.help, description=stage.help)
+        if stage.resumable:
             p.add_argument("--restart", action="store_true", help="ignore a saved training state and start over")
-        p.set_defaults(func=cmd_stage)
+        if gated(stage.name):
+            text = "keep the previous outputs when the schedule's decision (artifacts/schedule) says no retraining"
+            p.add_argument("--obey-schedule", action="store_true", help=text + " (dvc.yaml runs stages so)")
+        p.set_defaults(func=cmd_stage, obey_schedule=False)
     p = sub.add_parser("run", parents=[common], help="run the whole pipeline (through dvc repro by default)")
     p.add_argument("--direct", action="store_true", help="run the stages in this process instead of dvc repro")
     p.add_argument("-f", "--force", action="store_true", help="re-run every stage (dvc repro --force)")
@@ -534,9 +539,13 @@ def build_parser() -> argparse.ArgumentParser:
     text = "rank candidate backbones by transferability (LogME, LEEP, NCE, H-score) on the labelled target images"
     p = sub.add_parser("rank", parents=[common], help=text, description=text)
     p.add_argument("--candidates", default="", help="comma-separated name or name@weights (default: rank.candidates)")
-    p.add_argument("--out", type=Path, default=Path("reports/ranking.json"), help="the table as JSON")
-    p.add_argument("--no-report", action="store_true", help="write artifacts/rank only (the DVC stage)")
+    p.add_argument("--out", type=Path, default=None, help="also write the table as JSON here (e.g. reports/)")
     p.set_defaults(func=cmd_rank)
+    text = "write dvc.yaml from the declared stage graph (src/transferops/stages/graph.py)"
+    p = sub.add_parser("dvc-yaml", help=text, description=text)
+    p.add_argument("--out", type=Path, default=Path("dvc.yaml"), help="where (default dvc.yaml)")
+    p.add_argument("--check", action="store_true", help="only check: exit 1 when the file differs")
+    p.set_defaults(func=cmd_dvc_yaml, verbose=False)
     text = "run a grid of overrides: DVC's experiment queue, a Kubeflow ParallelFor, or a Katib Experiment"
     p = sub.add_parser("sweep", parents=[common], help=text, description=text)
     p.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2", help="e.g. finetune.lr=1e-3,3e-4")

@@ -17,8 +17,9 @@ from typing import Any
 from transferops import __version__
 from transferops.config import Config
 
-CODE_PATHS = ("src", "pyproject.toml", "requirements.lock")
-"""What makes the code of a run: the library and its pinned dependencies."""
+CODE_PATHS = ("src/transferops", "pyproject.toml", "requirements.lock")
+"""What makes the code of a run: the library and its pinned dependencies (not the benchmarks, which no stage
+runs: ``src/transferops_bench``)."""
 GIT_SHA_ENV = "TRANSFEROPS_GIT_SHA"
 
 

@@ -14,12 +14,16 @@ from transferops.config import Config
 ARTIFACTS = {
     "source_data": "ingest/source",
     "target_data": "ingest/target",
+    "ranking": "rank",
+    "decision": "schedule",
     "source_model": "pretrain",
     "target_model": "finetune",
+    "baseline_model": "baseline",
     "evaluation": "evaluate",
     "registration": "register",
 }
-"""Pipeline artifacts (the names the Kubeflow components use) and the folders they are in the layout."""
+"""Pipeline artifacts (the names :data:`transferops.stages.graph.GRAPH` and the Kubeflow components use) and
+the folders they are in the layout."""
 
 
 @dataclass(frozen=True)
@@ -53,3 +57,13 @@ class Paths:
     @property
     def target_model(self) -> Path:
         return self.artifact("target_model") / "model.pt"
+
+    @property
+    def baseline_model(self) -> Path:
+        """The from-scratch baseline (absent when the target has no labelled images or it is switched off)."""
+        return self.artifact("baseline_model") / "model.pt"
+
+    @property
+    def decision(self) -> Path:
+        """The schedule's decision for this run (``retrain`` and ``reason``)."""
+        return self.artifact("decision") / "decision.json"

@@ -199,16 +199,17 @@ def katib_manifest(cfg: Config, points: list[list[str]], name: str, image: str, 
 
 
 def trial(cfg: Config) -> float:
-    """One Katib trial: ingest, pretrain, finetune; report the selected target val accuracy to Katib."""
+    """One Katib trial: the stages finetune needs (:func:`transferops.stages.graph.upstream`), then finetune;
+    report the selected target val accuracy to Katib."""
     from transferops.kubeflow.katib import write_trial_metrics
-    from transferops.stages import finetune, ingest, pretrain
+    from transferops.paths import Paths
+    from transferops.stages import graph, run_pipeline
+    from transferops.stages.common import read_json
     from transferops.tracking import make_tracker
 
     tracker = make_tracker(cfg)
-    for stage in (ingest, pretrain):
-        stage.run(cfg, tracker)
-    metrics = finetune.run(cfg, tracker).metrics
-    value = metrics["val_accuracy"]
+    run_pipeline(cfg, lambda _: tracker, graph.upstream("finetune", cfg))
+    value = read_json(Paths.from_config(cfg).stage("finetune") / "metrics.json")["val_accuracy"]
     if value is None:
         raise TransferopsError("trial: no labelled target val split: val_accuracy, the objective, is undefined")
     write_trial_metrics({"val_accuracy": value})

@@ -8,8 +8,8 @@ import pytest
 def test_methods_benchmark_report_and_mlflow_runs(tiny_cfg, tmp_path):
     import mlflow
 
-    from transferops.bench import methods
     from transferops.tracking import MlflowTracker
+    from transferops_bench import methods
 
     report = methods(
         tiny_cfg,

@@ -105,7 +105,7 @@ def test_evaluate_reports_the_checkpoints_method_not_the_command_lines(tiny_cfg)
 def test_the_cli_and_the_kubeflow_component_make_the_same_gate_decision(tiny_cfg, tmp_path, floor):
     """The register stage as the CLI/DVC runs it and as the Kubeflow component runs it (its artifacts linked
     into a workspace by ``kfp_io``), on the same inputs, each against its own registry: the same outcome."""
-    from transferops import kfp_io
+    from transferops.kubeflow import kfp_io
 
     cfg = replace(tiny_cfg, register=replace(tiny_cfg.register, min_accuracy=floor))
     _run(cfg, ingest, pretrain, finetune, evaluate)

@@ -77,7 +77,7 @@ def test_cli_pipeline_registers_a_champion_that_reproduces_its_accuracy(tiny_par
         for x in runs
         if x.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
     }
-    assert children == {"ingest", "pretrain", "finetune", "evaluate", "register"}
+    assert children == {"ingest", "pretrain", "finetune", "baseline", "evaluate", "register"}
 
     # a retried register creates no new version; a stricter gate registers but does not promote
     again = cli("register", "--params", str(tiny_params), cwd=tmp_path)
@@ -108,15 +108,15 @@ def test_bad_params_fail_with_one_line_and_write_nothing(tiny_params, tmp_path):
 def test_same_seed_same_metrics(tiny_cfg, tmp_path):
     from dataclasses import replace
 
-    from transferops.stages import evaluate, finetune, ingest, pretrain
+    from transferops.stages import graph, run_pipeline
+    from transferops.tracking import NullTracker
 
     results = []
     for name in ("a", "b"):
         cfg = replace(tiny_cfg, base=replace(tiny_cfg.base, artifacts_dir=str(tmp_path / name)))
-        for stage in (ingest, pretrain, finetune):
-            stage.run(cfg)
-        results.append(evaluate.run(cfg).metrics)
-    assert results[0] == results[1]
+        run_pipeline(cfg, lambda _: NullTracker(), graph.upstream("evaluate"))
+        results.append(json.loads((tmp_path / name / "evaluate" / "metrics.json").read_text()))
+    assert results[0] == results[1] and results[0]["from_scratch_accuracy"] is not None
     assert results[0]["accuracy"] > 0.3  # 10 classes: far above chance even on the tiny budget
     a = np.load(tmp_path / "a" / "ingest" / "target" / "test-000.images.npy")
     assert np.array_equal(a, np.load(tmp_path / "b" / "ingest" / "target" / "test-000.images.npy"))

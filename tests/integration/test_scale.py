@@ -7,7 +7,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from transferops.scale import ThroughputSpec, _own_peak_rss_gib, data, throughput
+from transferops_bench.scale import ThroughputSpec, _own_peak_rss_gib, data, throughput
 
 
 @pytest.mark.parametrize("size", [28, 20])  # sizes that are not multiples of the noise blocks

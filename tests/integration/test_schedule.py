@@ -43,7 +43,7 @@ def test_a_scheduled_run_skips_unchanged_data_and_retrains_on_shifted_data(tiny_
 
     assert main(["run", "--direct", "--params", str(tiny_params)]) == 0  # the same data: stops after ingest
     out = capsys.readouterr().out
-    assert "stopped after ingest, no retraining: target not shifted: domain AUC" in out
+    assert "transferops run: no retraining (stopped after the schedule): target not shifted: domain AUC" in out
     assert len(client.search_model_versions(f"name = '{name}'")) == 1
     decision = json.loads((tmp_path / "artifacts" / "schedule" / "decision.json").read_text())
     assert decision["retrain"] is False and decision["shift_auc"] < 0.75

@@ -29,7 +29,7 @@ def test_a_colour_inverted_user_target_clearly_beats_chance(tiny_cfg, tmp_path):
     """Handwritten digits as dark coloured ink on light coloured paper, RGB 32 px, 1 label per class: the
     embedded source is grey, light on dark, 28 px. Ingest's auto geometry, photometric pretraining and the
     default method must carry it well above chance (10 %)."""
-    from transferops.bench.targets import digits_inverted_colour
+    from transferops_bench.targets import digits_inverted_colour
 
     folder = digits_inverted_colour(tmp_path / "my-digits", per_class=60)
     cfg = _with(

@@ -30,36 +30,63 @@ def _tasks(spec: dict) -> dict:
     root = spec["root"]["dag"]["tasks"]
     cond = next(t for t in root.values() if t.get("triggerPolicy"))
     inner = spec["components"][cond["componentRef"]["name"]]["dag"]["tasks"]
-    return {**root, **inner}
+    return {**{k: v for k, v in root.items() if not v.get("triggerPolicy")}, **inner}
 
 
-def test_dag_edges(compiled):
-    spec = compiled["spec"]
-    tasks = _tasks(spec)
-    deps = {name: set(t.get("dependentTasks", [])) for name, t in tasks.items()}
-    assert deps["ingest"] == set()
-    assert deps["schedule"] == {"ingest"}
-    # inside the retrain branch (ingest's outputs reach it through the branch's inputs)
-    assert deps["pretrain"] == set()
-    assert deps["finetune"] == {"pretrain"}
-    assert deps["evaluate"] == {"pretrain", "finetune"}
-    assert deps["register"] == {"finetune", "evaluate"}  # no gate condition: the library's gate decides
-    # training happens only when the schedule's decision (the library's) says so; that task is never cached
-    cond = next(t for t in spec["root"]["dag"]["tasks"].values() if t.get("triggerPolicy"))
-    assert {"ingest", "schedule"} <= set(cond["dependentTasks"]) and "== true" in cond["triggerPolicy"]["condition"]
-    assert {"pretrain", "finetune", "evaluate", "register"}.isdisjoint(spec["root"]["dag"]["tasks"])
-    assert tasks["schedule"]["cachingOptions"].get("enableCache", False) is False
+def ir_edges(spec: dict) -> set[tuple[str, str, str]]:
+    """(producer task, consumer task, artifact) of every artifact input, through the condition's channels."""
+    root = spec["root"]["dag"]["tasks"]
+    cond = next(t for t in root.values() if t.get("triggerPolicy"))
+    channels = {k: v["taskOutputArtifact"] for k, v in cond["inputs"].get("artifacts", {}).items()}
+    edges = set()
+    for name, task in _tasks(spec).items():
+        for artifact, source in task["inputs"].get("artifacts", {}).items():
+            out = source.get("taskOutputArtifact") or channels[source["componentInputArtifact"]]
+            assert out["outputArtifactKey"] == artifact  # an input is named after the artifact it takes
+            edges.add((out["producerTask"], name, artifact))
+    return edges
+
+
+@pytest.mark.parametrize("sets", [[], ["finetune.method=dann"], ["finetune.method=shot"]])
+def test_the_compiled_dag_is_the_declared_graph(tmp_path, sets):
+    """Tasks, their order and their artifact edges come from transferops.stages.graph and nothing else."""
+    from transferops.config import load_config
+    from transferops.stages import graph
+
+    spec = _compile(REPO / "params.yaml", tmp_path / "p.yaml", sets)["spec"]
+    assert set(_tasks(spec)) == set(graph.NAMES)
+    assert ir_edges(spec) == graph.edges(load_config(REPO / "params.yaml", sets))
+    # the gate: every stage after schedule is inside the condition on its decision, which is never cached
+    root = spec["root"]["dag"]["tasks"]
+    cond = next(t for t in root.values() if t.get("triggerPolicy"))
+    assert "pipelinechannel--schedule-Output'] == true" in cond["triggerPolicy"]["condition"]
+    assert {n for n in root if n in graph.NAMES} == {n for n in graph.NAMES if not graph.gated(n)}
+    assert _tasks(spec)["schedule"]["cachingOptions"].get("enableCache", False) is False
+
+
+def test_every_component_takes_and_gives_the_artifacts_of_its_stage():
+    from components import stages as c
+    from transferops.stages import graph
+
+    ui_only = ("system.Metrics", "system.ClassificationMetrics", "system.HTML")  # what the KFP UI shows besides
+    for stage in graph.GRAPH:
+        spec = getattr(c, stage.name).component_spec
+        inputs = {k for k, v in (spec.inputs or {}).items() if v.type.startswith("system.")}
+        outputs = {k for k, v in (spec.outputs or {}).items() if v.type.startswith("system.")}
+        assert inputs == set(stage.all_inputs), stage.name
+        assert set(stage.outputs) <= outputs, stage.name
+        assert all(spec.outputs[k].type.startswith(ui_only) for k in outputs - set(stage.outputs)), stage.name
 
 
 def test_gpu_stages_get_accelerators_and_retries_others_do_not(compiled):
     spec = compiled["spec"]
     executors = spec["deploymentSpec"]["executors"]
     tasks = _tasks(spec)
-    for name in ("pretrain", "finetune", "evaluate", "ingest", "schedule", "register"):
+    for name in ("pretrain", "finetune", "baseline", "evaluate", "ingest", "rank", "schedule", "register"):
         exe = executors[spec["components"][tasks[name]["componentRef"]["name"]]["executorLabel"]]
         res = exe["container"].get("resources", {})
         assert exe["container"]["image"].startswith("ghcr.io/transferops/transferops:")
-        if name in ("pretrain", "finetune", "evaluate"):
+        if name in ("pretrain", "finetune", "baseline", "evaluate"):
             assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
             assert int(res["accelerator"]["resourceCount"]) == 1
             assert res["memoryLimit"] == pytest.approx(34.359738368)  # 32Gi in GB
@@ -116,7 +143,7 @@ def test_parameters_default_from_params_json(tmp_path):
 
 def test_every_task_reads_its_run_id_from_its_pod_label(compiled):
     k8s = compiled["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert len(k8s) == 6
+    assert len(k8s) == 8
     for (
         executor
     ) in k8s.values():  # the key of training state and of the MLflow parent run, without a cache-busting input
@@ -126,14 +153,14 @@ def test_every_task_reads_its_run_id_from_its_pod_label(compiled):
 
 
 def test_set_applies_at_compile_time_and_kfp_keys_are_refused_at_run_time(tmp_path):
-    from transferops import kfp_io
     from transferops.errors import ConfigError
+    from transferops.kubeflow import kfp_io
 
     sel = ["kfp.gpu.node_selector={cloud.google.com/gke-nodepool: gpu-spot}", "kfp.retries=5", "finetune.epochs=2"]
     compiled = _compile(REPO / "params.yaml", tmp_path / "p.yaml", sel)
     k8s = compiled["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     selectors = [e.get("nodeSelector", {}).get("labels") for e in k8s.values()]
-    assert selectors.count({"cloud.google.com/gke-nodepool": "gpu-spot"}) == 3  # the three GPU tasks
+    assert selectors.count({"cloud.google.com/gke-nodepool": "gpu-spot"}) == 4  # the four GPU tasks
     assert _tasks(compiled["spec"])["finetune"]["retryPolicy"]["maxRetryCount"] == 5
     params = compiled["spec"]["root"]["inputDefinitions"]["parameters"]["params_json"]["defaultValue"]
     assert json.loads(params)["finetune"]["epochs"] == 2
@@ -183,9 +210,9 @@ def test_a_source_free_method_compiles_a_finetune_task_without_the_source_data(t
 
 
 def test_a_method_that_needs_the_source_data_refuses_a_task_without_it():
-    from transferops import kfp_io
     from transferops.config import Config
     from transferops.errors import ConfigError
+    from transferops.kubeflow import kfp_io
 
     cfg = Config()
     shot = kfp_io.component_config(json.dumps(cfg.to_dict()), 0, "shot", 0, [])

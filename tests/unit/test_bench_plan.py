@@ -1,6 +1,6 @@
 """What the methods benchmark runs: the table's (method, k) pairs and the curve's remainder."""
 
-from transferops.bench.methods import curve_plan, plan
+from transferops_bench.methods import curve_plan, plan
 
 
 def test_unsupervised_methods_run_at_zero_and_the_default_k_unless_k0_only():
@@ -31,7 +31,7 @@ def test_every_seed_gets_every_curve_run_and_the_from_scratch_baseline(monkeypat
     skip them); no empty rows for methods that were not run at the default k."""
     import importlib
 
-    bench = importlib.import_module("transferops.bench.methods")
+    bench = importlib.import_module("transferops_bench.methods")
     from transferops.config import Config
 
     def fake_run(data, name, k):

@@ -30,13 +30,13 @@ from typing import Any
 from transferops.config import Config, dump_config, load_config
 from transferops.errors import ConfigError, TrainingError
 from transferops.paths import ARTIFACTS, Paths
+from transferops.stages import graph
 from transferops.training.state import RUN_KEY_ENV
 
 log = logging.getLogger(__name__)
 
-TRAINING_STAGES = ("pretrain", "finetune")
-INPUTS = {"pretrain": ("source_data",), "finetune": ("source_data", "target_data", "source_model")}
-OUTPUTS = {"pretrain": ("source_model",), "finetune": ("target_model",)}
+TRAINING_STAGES = graph.RESUMABLE
+"""The stages that may run under torchrun or as a TrainJob (what they stage in and out: their graph entry)."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def _via_trainjob(stage: str, cfg: Config, ws: Path, settings: dict[str, Any], a
     with tempfile.TemporaryDirectory(prefix="transferops-params-") as tmp:
         (Path(tmp) / "params.yaml").write_text(dump_config(remote_cfg))
         put_tree(Path(tmp), staging)
-    for name in INPUTS[stage]:
+    for name in graph.stage(stage).inputs_for(cfg):
         put_tree(layout.artifact(name), f"{staging}/inputs/{name}")
     run_key = os.environ[RUN_KEY_ENV]
     spec = TrainJobSpec(
@@ -154,7 +154,7 @@ def _via_trainjob(stage: str, cfg: Config, ws: Path, settings: dict[str, Any], a
     )
     poll = float(settings.get("poll_seconds", 10.0))
     run_trainjob(spec, api_client, poll_seconds=poll, timeout_seconds=settings["timeout_hours"] * 3600)
-    for name in OUTPUTS[stage]:
+    for name in graph.stage(stage).outputs:
         get_tree(f"{staging}/outputs/{name}", layout.artifact(name))
 
 
@@ -171,11 +171,11 @@ def remote_stage(stage: str, staging: str) -> int:
     cfg = load_config(ws / "params.yaml")
     cfg = replace(cfg, base=replace(cfg.base, artifacts_dir=str(ws / "artifacts")))
     layout = Paths(ws / "artifacts")
-    for name in INPUTS[stage]:
+    for name in graph.stage(stage).inputs_for(cfg):
         get_tree(f"{staging}/inputs/{name}", layout.artifact(name))
     run_stage(stage, cfg, make_tracker(cfg, enabled=rank == 0))
     if rank == 0:
-        for name in OUTPUTS[stage]:
+        for name in graph.stage(stage).outputs:
             put_tree(layout.artifact(name), f"{staging}/outputs/{name}")
     return 0
 

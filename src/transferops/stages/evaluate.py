@@ -1,8 +1,9 @@
-"""Stage 4, evaluate: score the transferred model on the target test split, against two baselines.
+"""Evaluate: score the transferred model on the target test split, against two baselines. It trains nothing.
 
 - ``source_only_accuracy``: the pretrained model with its source head, no target labels (null when the two
   domains' class sets differ);
-- ``from_scratch_accuracy``: the same architecture trained on the labelled target only, same budget;
+- ``from_scratch_accuracy``: the model the ``baseline`` stage trained on the labelled target only, same budget
+  (null when there is none: k = 0 or ``evaluate.from_scratch_baseline: false``);
 - ``transfer_gain`` = accuracy - from_scratch_accuracy;
 - ``negative_transfer``: a sentence when the transferred model is worse than the source model as is, else null
   (:func:`transfer_guard`: target val accuracy at k > 0, a label-free collapse check at k = 0).
@@ -26,7 +27,6 @@ from transferops.models.inference import accuracy, predict
 from transferops.models.io import load_model
 from transferops.paths import Paths
 from transferops.stages.common import StageResult, save_resolved_config, staged_output, start_stage, write_json
-from transferops.stages.finetune import from_scratch
 from transferops.tracking import NullTracker
 from transferops.training.seeding import resolve_device
 
@@ -53,10 +53,9 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
             if source_ckpt["classes"] == classes:
                 source_only = accuracy(source_model.to(device), test, device)
         scratch = None
-        if cfg.evaluate.from_scratch_baseline:
-            start_stage(cfg)  # the baseline draws the same random streams whatever ran before it
-            baseline = from_scratch(cfg)
-            scratch = None if baseline is None else accuracy(baseline.to(device), test, device)
+        if paths.baseline_model.is_file():  # the baseline stage trained one (k > 0, not switched off)
+            baseline, _ = load_model(paths.baseline_model)
+            scratch = accuracy(baseline.to(device), test, device)
         guard = transfer_guard(cfg, model, paths, made["labels_per_class"], device)
         metrics = {
             "accuracy": report["accuracy"],

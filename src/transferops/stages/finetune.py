@@ -1,4 +1,4 @@
-"""Stage 3, finetune: transfer the source model to the target domain with the method ``finetune.method``.
+"""Finetune: transfer the source model to the target domain with the method ``finetune.method``.
 
 The method is a strategy object from :mod:`transferops.transfer`; this stage only wires data and budget.
 Outputs (``artifacts/finetune``): ``model.pt``, ``metrics.json``, ``history.json``, ``result.json``.
@@ -13,18 +13,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from transferops.config import Config, FinetuneConfig
+from transferops.config import Config, TrainConfig
 from transferops.data.shards import Split, load_split, read_manifest
 from transferops.errors import CheckpointError, ConfigError
 from transferops.lineage import file_sha256, lineage
-from transferops.models import TransferNet, model_from_config
+from transferops.models import TransferNet
 from transferops.models.inference import predict
-from transferops.models.io import load_model, model_config_of
+from transferops.models.io import load_model
 from transferops.paths import Paths
 from transferops.stages.common import StageResult, start_stage, state_store, training_setup, write_trained_model
 from transferops.tracking import NullTracker
 from transferops.training import distributed
-from transferops.training.checkpoint import load_model_checkpoint
 from transferops.training.distributed import SINGLE, Distributed
 from transferops.training.loop import FitResult, load_resume_state, train
 from transferops.training.seeding import resolve_device
@@ -98,7 +97,8 @@ def fit_on_target(
     cfg: Config,
     model: TransferNet,
     strategy: Strategy,
-    train_cfg: FinetuneConfig,
+    train_cfg: TrainConfig,
+    *,
     same_classes: bool,
     log_metrics=None,
     desc: str = "finetune",
@@ -173,26 +173,6 @@ def finetune_hash(cfg: Config, target_manifest: dict) -> str:
     return cfg.section_hash("base", "model", "pretrain", "finetune") + target_manifest["version"]
 
 
-def from_scratch(cfg: Config, log_metrics=None) -> TransferNet | None:
-    """The baseline transfer must beat: the same architecture trained only on the labelled target data.
-
-    Same budget as finetune (epochs, steps, batch, augmentation, selection) with the from-scratch learning
-    rate of pretrain, since no weights are being preserved. None when the target has no labelled images.
-    """
-    paths = Paths.from_config(cfg)
-    manifest = read_manifest(paths.target_data)
-    if manifest["splits"]["labeled"]["count"] == 0:
-        return None
-    # the architecture the transferred model has (the source checkpoint's), with fresh weights
-    arch = model_config_of(load_model_checkpoint(paths.source_model))
-    model = model_from_config(arch, len(manifest["classes"]), manifest["image_shape"][0], weights="none")
-    budget = replace(cfg.finetune, lr=cfg.pretrain.lr, select="val")
-    fit_on_target(
-        cfg, model, Strategy(label_smoothing=budget.label_smoothing), budget, True, log_metrics, "from_scratch"
-    )
-    return model.eval()
-
-
 def run(
     cfg: Config,
     tracker: NullTracker | None = None,
@@ -239,15 +219,15 @@ def run(
             model,
             strategy,
             cfg.finetune,
-            same,
-            tracker.log_metrics,
-            "finetune",
-            store,
-            saved,
-            tracker.run_id,
-            dist,
-            device,
-            epoch_probe,
+            same_classes=same,
+            log_metrics=tracker.log_metrics,
+            desc="finetune",
+            store=store,
+            saved=saved,
+            run_id=tracker.run_id,
+            dist=dist,
+            device=device,
+            epoch_probe=epoch_probe,
         )
         metrics = {
             "val_accuracy": fit.selected_val_accuracy(cfg.finetune.select != "last"),

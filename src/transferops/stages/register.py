@@ -183,7 +183,7 @@ def log_reference_features(inputs: RegisterInputs, tracker: MlflowTracker, n: in
     compares new target data with (``schedule.retrain_when: shifted``)."""
     import tempfile
 
-    from transferops.shift import REFERENCE_ARTIFACT, features, training_sample
+    from transferops.evaluation.shift import REFERENCE_ARTIFACT, features, training_sample
 
     sample = training_sample(inputs.target_dir, n, seed=inputs.checkpoint["config"]["base"]["seed"])
     with tempfile.TemporaryDirectory() as tmp:

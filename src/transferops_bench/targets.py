@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -106,22 +105,21 @@ def target_config(cfg: Config, path: Path, artifacts: str, seed: int, method: st
 
 
 def run_target(cfg: Config, path: Path, root: Path, seed: int, methods: list[str]) -> dict[str, Any]:
-    """The pipeline (ingest, pretrain, finetune, evaluate) on one generated target for one seed: the configured
+    """The pipeline up to evaluate on one generated target for one seed: the configured
     method with its evaluate metrics, then any other ``methods`` on the same source model."""
     from transferops.data.shards import load_split, read_manifest
     from transferops.models.inference import accuracy
     from transferops.models.io import load_model
     from transferops.paths import Paths
-    from transferops.stages import evaluate, finetune, ingest, pretrain
+    from transferops.stages import finetune, graph, run_pipeline
+    from transferops.stages.common import read_json
+    from transferops.tracking import NullTracker
 
     run_cfg = target_config(cfg, path, str(root / f"seed{seed}"), seed)
     paths = Paths.from_config(run_cfg)
-    ingest.run(run_cfg)
-    pretrain.run(run_cfg)
-    t0 = time.perf_counter()
-    finetune.run(run_cfg)
-    seconds = time.perf_counter() - t0
-    m = evaluate.run(run_cfg).metrics
+    run_pipeline(run_cfg, lambda _: NullTracker(), graph.upstream("evaluate"))
+    seconds = read_json(paths.stage("finetune") / "run.json")["seconds"]
+    m = read_json(paths.stage("evaluate") / "metrics.json")
     manifest = read_manifest(paths.target_data)
     row = {
         "seed": seed,
@@ -153,8 +151,8 @@ def targets(
 ) -> dict[str, Any]:
     """The configured pipeline on every generated target (:data:`TARGETS`) for ``n_seeds`` seeds; writes
     reports/targets.json and reports/targets.md."""
-    from transferops.bench.seeds import stats
     from transferops.errors import ConfigError
+    from transferops_bench.seeds import stats
 
     names = names or list(TARGETS)
     unknown = [n for n in names if n not in TARGETS]

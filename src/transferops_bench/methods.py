@@ -24,9 +24,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from transferops.bench.seeds import stats
 from transferops.config import Config
 from transferops.data.shards import Split
+from transferops_bench.seeds import stats
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,14 @@ def score_source_only(data: SeedData) -> Run:
 def score_from_scratch(data: SeedData, k: int) -> Run:
     """The same network trained on the k labelled target images per class only, with the finetune budget."""
     from transferops.models.inference import accuracy
-    from transferops.stages import finetune
-    from transferops.stages.common import start_stage
+    from transferops.models.io import load_model
+    from transferops.paths import Paths
+    from transferops.stages import baseline
 
     kcfg = with_k(data.cfg, data.dirs[k], k)
-    start_stage(kcfg)
     t0 = time.perf_counter()
-    model = finetune.from_scratch(kcfg)
+    baseline.run(kcfg)
+    model, _ = load_model(Paths.from_config(kcfg).baseline_model)
     return Run("from_scratch", k, data.seed, accuracy(model, data.test), time.perf_counter() - t0)
 
 

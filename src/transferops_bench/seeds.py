@@ -1,6 +1,6 @@
-"""``transferops benchmark seeds`` (``make bench``): the default pipeline (ingest -> pretrain -> finetune ->
-evaluate) once per seed, each in its own artifacts directory, without MLflow; reports the target accuracy,
-both baselines, the transfer gain and the wall time per seed, their mean and standard deviation, into
+"""``transferops benchmark seeds`` (``make bench``): the default pipeline (every stage up to evaluate, from
+:mod:`transferops.stages.graph`) once per seed, each in its own artifacts directory, without MLflow; reports the
+target accuracy, both baselines, the transfer gain and the wall time per seed, their mean and standard deviation, into
 ``reports/seeds.json`` and ``reports/seeds.md``.
 """
 
@@ -31,7 +31,10 @@ def stats(values: list[float | None]) -> dict[str, float | None]:
 
 def seeds(cfg: Config, n: int, out_dir: Path = Path("reports")) -> dict[str, Any]:
     """Run the pipeline for seeds ``base.seed .. base.seed + n - 1``; write and return the report."""
-    from transferops.stages import evaluate, finetune, ingest, pretrain
+    from transferops.paths import Paths
+    from transferops.stages import graph, run_pipeline
+    from transferops.stages.common import read_json
+    from transferops.tracking import NullTracker
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="transferops-bench-") as tmp:
@@ -39,9 +42,8 @@ def seeds(cfg: Config, n: int, out_dir: Path = Path("reports")) -> dict[str, Any
             seed = cfg.base.seed + i
             run_cfg = replace(cfg, base=replace(cfg.base, seed=seed, artifacts_dir=f"{tmp}/seed{seed}"))
             t0 = time.perf_counter()
-            for stage in (ingest, pretrain, finetune):
-                stage.run(run_cfg)
-            m = evaluate.run(run_cfg).metrics
+            run_pipeline(run_cfg, lambda _: NullTracker(), graph.upstream("evaluate"))
+            m = read_json(Paths.from_config(run_cfg).stage("evaluate") / "metrics.json")
             rows.append({"seed": seed, **{k: m[k] for k in KEYS[:-1]}, "seconds": time.perf_counter() - t0})
             log.info("seed %d: %s", seed, {k: round(v, 4) for k, v in rows[-1].items() if v is not None})
     report = {
