@@ -13,10 +13,9 @@ from tests import katib_rules
 from tests.conftest import REPO
 from tests.structural import Schema, declares
 from transferops.config import config_from_dict, read_params
-from transferops.kubeflow import katib
+from transferops.kubeflow import katib, trainjob
 from transferops.kubeflow.launch import launch_for
 from transferops.kubeflow.settings import kfp_from_dict
-from transferops.kubeflow.trainjob import FIELD_SINCE, MIN_TRAINER_VERSION, trainjob_manifest
 from transferops.sweep import expand, katib_manifest
 
 pytest.importorskip("kubernetes")
@@ -34,11 +33,8 @@ PLACEMENT = [
 NO_PLACEMENT = ["kfp.gpu.node_selector={}", "kfp.gpu.tolerations=[]", "kfp.gpu.shm_size=''", "kfp.secrets=[]"]
 
 
-def version_key(tag: str) -> tuple[int, ...]:
-    return tuple(int(n) for n in tag.lstrip("v").split("."))
-
-
-SUPPORTED = [v for v in TRAINER_RELEASES if version_key(v) >= version_key(MIN_TRAINER_VERSION)]
+SUPPORTED = ("v2.2.0", "v2.2.1", "v2.3.0")
+"""The Trainer releases the project supports (docs/kubeflow.md); the floor is the first."""
 
 
 def trainer_schema(version: str) -> Schema:
@@ -56,40 +52,46 @@ def trainjobs():
         overrides += PLACEMENT if placed else NO_PLACEMENT
         launch = launch_for(kfp(overrides), IMAGE)
         spec = launch.trainjob_spec(stage, "7b5e2f7c-3f0e-4c1a", f"s3://bucket/state/run/{stage}/staging")
-        yield f"{nodes}x{gpus}-{stage}-{'placed' if placed else 'plain'}", trainjob_manifest(spec)
+        yield f"{nodes}x{gpus}-{stage}-{'placed' if placed else 'plain'}", trainjob.trainjob_manifest(spec)
 
 
-TRAINJOBS = dict(trainjobs())
+@pytest.fixture(scope="module")
+def manifests() -> dict[str, dict]:
+    return dict(trainjobs())
 
 
-def test_the_matrix_covers_placement_and_plain_jobs():
-    placed = TRAINJOBS["2x4-finetune-placed"]
+def test_the_declared_floor_is_the_oldest_supported_release():
+    assert trainjob.MIN_TRAINER_VERSION == SUPPORTED[0]
+    assert katib.MIN_KATIB_VERSION == katib_rules.KATIB_VERSION
+
+
+def test_the_matrix_covers_placement_and_plain_jobs(manifests):
+    placed = manifests["2x4-finetune-placed"]
     assert "runtimePatches" in placed["spec"]
     assert placed["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-spot"
-    assert "runtimePatches" not in TRAINJOBS["2x4-finetune-plain"]["spec"]
-    assert len(TRAINJOBS) == 36
+    assert "runtimePatches" not in manifests["2x4-finetune-plain"]["spec"]
+    assert len(manifests) == 36
 
 
 @pytest.mark.parametrize("version", SUPPORTED)
-def test_every_trainjob_is_stored_unchanged_by_each_supported_trainer(version):
+def test_every_trainjob_is_stored_unchanged_by_each_supported_trainer(version, manifests):
     schema = trainer_schema(version)
-    failures = {label: schema.errors(m) for label, m in TRAINJOBS.items()}
+    failures = {label: schema.errors(m) for label, m in manifests.items()}
     assert {label: e for label, e in failures.items() if e} == {}
-    assert all(schema.prune(m) == (m, []) for m in TRAINJOBS.values())
+    assert all(schema.prune(m) == (m, []) for m in manifests.values())
 
 
-def test_below_the_floor_the_placement_is_dropped():
+def test_below_the_floor_the_placement_is_dropped(manifests):
     """Trainer v2.1.0 (what an older install has) knows no runtimePatches: node selector, tolerations and
     /dev/shm would be pruned without a word. That is why the floor is v2.2.0 and the launcher reads back."""
-    assert MIN_TRAINER_VERSION == "v2.2.0"
     schema = trainer_schema("v2.1.0")
-    assert schema.errors(TRAINJOBS["2x4-finetune-placed"]) == [
+    assert schema.errors(manifests["2x4-finetune-placed"]) == [
         "spec.runtimePatches: not declared by the schema (the server drops it)"
     ]
-    assert schema.errors(TRAINJOBS["2x4-finetune-plain"]) == []  # a job without placement runs there as well
+    assert schema.errors(manifests["2x4-finetune-plain"]) == []  # a job without placement runs there as well
 
 
-def test_field_since_is_the_first_release_that_declares_each_field():
+def test_field_since_is_the_first_release_that_declares_each_field(manifests):
     """FIELD_SINCE (used by the read-back check's message) against the vendored schemas: every field of our
     manifests that some release lacks is listed, with the first release that has it."""
     paths = set()
@@ -104,7 +106,7 @@ def test_field_since_is_the_first_release_that_declares_each_field():
             for v in node:
                 walk(v, path)
 
-    for m in TRAINJOBS.values():
+    for m in manifests.values():
         walk(m, "")
     schemas = {v: trainer_schema(v) for v in TRAINER_RELEASES}
     first = {}
@@ -112,12 +114,12 @@ def test_field_since_is_the_first_release_that_declares_each_field():
         having = [v for v in TRAINER_RELEASES if declares(schemas[v], path)]
         if having != list(TRAINER_RELEASES) and not any(path.startswith(p + ".") for p in first):
             first[path] = having[0]
-    assert first == FIELD_SINCE
+    assert first == trainjob.FIELD_SINCE
 
 
-def test_the_validator_can_fail():
+def test_the_validator_can_fail(manifests):
     schema = trainer_schema("v2.3.0")
-    m = json.loads(json.dumps(TRAINJOBS["2x4-finetune-placed"]))
+    m = json.loads(json.dumps(manifests["2x4-finetune-placed"]))
     m["spec"]["trainer"]["numProcsPerNode"] = 4
     m["spec"]["trainer"]["numNodes"] = "2"
     m["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"][
@@ -134,8 +136,8 @@ def test_the_validator_can_fail():
     assert "numProcsPerNode" not in pruned["spec"]["trainer"]
 
 
-def test_int_or_string_and_required_are_checked():
-    m = json.loads(json.dumps(TRAINJOBS["1x1-pretrain-plain"]))
+def test_int_or_string_and_required_are_checked(manifests):
+    m = json.loads(json.dumps(manifests["1x1-pretrain-plain"]))
     m["spec"]["trainer"]["numProcPerNode"] = "auto"  # x-kubernetes-int-or-string in v2.1, an integer since v2.2
     assert trainer_schema("v2.1.0").errors(m) == []
     schema = trainer_schema("v2.3.0")
@@ -161,7 +163,7 @@ def sweep_experiment(n_points: int, overrides: list[str] = ()) -> dict:
 def test_every_sweep_experiment_passes_katib(n_points):
     m = sweep_experiment(n_points)
     assert katib_rules.all_errors(m) == []
-    spec = m["spec"]
+    spec = m["spec"]  # each count within Katib's rules, parallelism from kfp.sweep_parallelism (4)
     assert spec["maxTrialCount"] == n_points
     assert spec["maxFailedTrialCount"] == min(n_points, 3)
     assert spec["parallelTrialCount"] == min(n_points, 4)
@@ -252,3 +254,11 @@ def test_a_preempted_trial_resumes_under_its_own_run_key():
     assert env["TRANSFEROPS_RUN_KEY"] == {"name": "TRANSFEROPS_RUN_KEY", "value": "${trialParameters.trialName}"}
     (name_param,) = [p for p in m["spec"]["trialTemplate"]["trialParameters"] if p["name"] == "trialName"]
     assert name_param["reference"] == "${trialSpec.Name}"
+
+
+def test_the_new_kfp_keys_are_in_params_yaml_with_the_code_defaults():
+    from transferops.kubeflow.settings import KatibConfig, KfpConfig
+
+    shipped = kfp([])
+    assert shipped.katib == KatibConfig() and shipped.kueue_queue == KfpConfig().kueue_queue == ""
+    assert "kueue_queue" in read_params(REPO / "params.yaml")["kfp"]
