@@ -490,3 +490,26 @@ def test_wait_raises_the_failure_reason(kube):
     assert str(err.value) == (
         "Experiment ml/tune-run-1 failed: ExperimentFailed: Experiment has failed because max failed count has reached"
     )
+
+
+def test_the_objective_reporter_writes_one_line_per_epoch_for_median_stop(tmp_path):
+    """Median stop compares the objective lines a running trial has written; the reporter adds one per
+    logged epoch and passes everything on to the real tracker."""
+    from transferops.tracking.tracker import NullTracker
+
+    seen = []
+
+    class Recording(NullTracker):
+        run_id = "r1"
+
+        def log_metrics(self, metrics, step=None):
+            seen.append((dict(metrics), step))
+
+    path = tmp_path / "metrics.log"
+    reporter = katib.ObjectiveReporter(Recording(), path)
+    for epoch, acc in enumerate([0.5, 0.625, 0.75], start=1):
+        reporter.log_metrics({"train_loss": 1.0 / epoch, "val_accuracy": acc}, epoch)
+    reporter.log_metrics({"epoch_seconds": 3.0}, 4)  # no objective: no line
+    assert reporter.run_id == "r1" and len(seen) == 4
+    reported = katib_parse_text(path.read_text(), ["val_accuracy"], [katib.METRIC_FILTER])
+    assert [value for _, name, value in reported if name == "val_accuracy"] == ["0.5", "0.625", "0.75"]

@@ -262,3 +262,20 @@ def test_the_new_kfp_keys_are_in_params_yaml_with_the_code_defaults():
     shipped = kfp([])
     assert shipped.katib == KatibConfig() and shipped.kueue_queue == KfpConfig().kueue_queue == ""
     assert "kueue_queue" in read_params(REPO / "params.yaml")["kfp"]
+
+
+def test_the_katib_sweep_command_writes_a_manifest_katib_accepts(tmp_path, capsys, caplog):
+    import yaml
+
+    from transferops.cli import main
+
+    params = read_params(REPO / "params.yaml")
+    params["kfp"]["sweep_parallelism"] = 1
+    params["base"]["state_uri"] = ""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = ["sweep", "--params", str(tmp_path / "params.yaml"), "--engine", "katib", "--dry-run", "--name", "lr-x"]
+    assert main([*args, "--grid", "finetune.lr=0.001,0.003"]) == 0
+    m = yaml.safe_load(capsys.readouterr().out)
+    assert katib_rules.all_errors(m) == []
+    assert (m["spec"]["maxTrialCount"], m["spec"]["parallelTrialCount"], m["spec"]["maxFailedTrialCount"]) == (2, 1, 2)
+    assert any("restarts training from scratch" in r.getMessage() for r in caplog.records)

@@ -340,6 +340,23 @@ def write_trial_metrics(metrics: Mapping[str, float], path: str | Path = METRICS
     return path
 
 
+class ObjectiveReporter:
+    """A tracker that also appends a :func:`metrics_line` of the objective each time a stage logs it (once per
+    epoch), so Katib's median stop can compare a running trial with the finished ones; everything else goes to
+    the wrapped tracker. Wrap only the stage whose ``val_accuracy`` is the objective (finetune)."""
+
+    def __init__(self, tracker, path: str | Path = METRICS_FILE):
+        self._tracker, self._path = tracker, path
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self._tracker.log_metrics(metrics, step)
+        if metrics.get(OBJECTIVE) is not None:
+            write_trial_metrics({OBJECTIVE: metrics[OBJECTIVE]}, self._path)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tracker, name)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the API server
 
