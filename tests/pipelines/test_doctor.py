@@ -11,6 +11,7 @@ import yaml
 from tests.conftest import REPO
 from tests.kube_fake import ACCESS_REVIEWS
 from transferops.config import read_params
+from transferops.errors import ConfigError
 from transferops.kubeflow import doctor
 from transferops.kubeflow.settings import kfp_from_dict
 
@@ -198,3 +199,17 @@ def test_the_secret_templates_are_the_secrets_params_yaml_names_with_their_keys(
         name: sorted(t["stringData"]) for name, t in templates.items()
     }
     assert all(t["kind"] == "Secret" and t["metadata"]["name"] == name for name, t in templates.items())
+
+
+def test_a_cluster_without_katib_can_say_so(kube):
+    api, requests, fake = kube
+    install(fake, katib=False)
+    grant(fake)
+    add_secrets(fake)
+    checks = doctor.diagnose(kfp(), api_client=api, without=("katib",))
+    assert all(c.ok for c in checks)
+    assert not any("kubeflow.org" in c.what and "trainer" not in c.what for c in checks)
+    reviewed = {r.body["spec"]["resourceAttributes"]["resource"] for r in requests if r.path == ACCESS_REVIEWS}
+    assert reviewed == {"trainjobs", "pods"}
+    with pytest.raises(ConfigError, match=r"doctor --without: unknown \['kueue'\]"):
+        doctor.diagnose(kfp(), api_client=api, without=("kueue",))

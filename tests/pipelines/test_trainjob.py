@@ -501,3 +501,21 @@ def test_launch_for_carries_the_kueue_queue_to_the_spec():
         "s3://b/state/run-1/finetune/staging",
     ]
     assert spec.env == {"TRANSFEROPS_RUN_KEY": "run-1"}
+
+
+def test_a_retry_checks_the_job_an_earlier_attempt_left_on_an_old_trainer(kube):
+    """The first attempt died before its first read: the retry finds the pruned job and fails as it would have."""
+    api, requests, fake = kube
+    pruned, _ = _trainer_schema("v2.1.0").prune(trainjob_manifest(gpu_spec()))
+    fake.seed("trainjobs", pruned)
+    with pytest.raises(TrainingError, match="dropped spec.runtimePatches"):
+        run_trainjob(gpu_spec(), api_client=api, poll_seconds=0.01)
+    assert [r.method for r in requests] == ["POST", "GET", "GET", "DELETE"]
+
+
+def test_an_existing_job_from_another_spec_is_followed_with_a_warning_only(kube, caplog):
+    api, _, fake = kube
+    fake.seed("trainjobs", trainjob_manifest(gpu_spec(procs_per_node=2, node_selector={}, tolerations=[])))
+    fake.at_get("trainjobs", NAME, 2, status={"conditions": [condition("Complete", "AllJobsCompleted")]})
+    run_trainjob(gpu_spec(), api_client=api, poll_seconds=0.01)
+    assert f"TrainJob ml/{NAME}: the existing job's trainer spec differs from this task's" in _messages(caplog)

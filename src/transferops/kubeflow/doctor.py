@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from transferops.errors import ConfigError
 from transferops.kubeflow import katib, kube, trainjob
 
 CRD_GROUP, CRD_VERSION, CRD_PLURAL = "apiextensions.k8s.io", "v1", "customresourcedefinitions"
@@ -35,6 +36,9 @@ CRDS = {
     f"trials.{katib.GROUP}": (katib.VERSION, KATIB),
 }
 """CRD name -> (API version the manifests use, what installs it)."""
+COMPONENTS = {"trainer": trainjob.GROUP, "katib": katib.GROUP}
+"""What a cluster may leave out (``--without``): the Trainer (no ``kfp.distributed``) or Katib (no Katib sweeps),
+each by its API group."""
 
 PERMISSIONS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     (trainjob.GROUP, trainjob.PLURAL, "", ("create", "get", "list", "watch", "delete")),
@@ -126,10 +130,13 @@ class Cluster:
         return set(secret.data or {}) | set(secret.string_data or {})
 
 
-def crd_checks(cluster: Cluster, runtime: str) -> list[Check]:
-    """Each CRD installed and serving its version; the TrainJob schema up to the floor; the runtime present."""
+def crd_checks(cluster: Cluster, runtime: str, groups: set[str]) -> list[Check]:
+    """Each CRD of ``groups`` installed and serving its version; the TrainJob schema up to the floor; the
+    runtime present."""
     out = []
     for name, (version, source) in CRDS.items():
+        if name.split(".", 1)[1] not in groups:
+            continue
         crd = cluster.crd(name)
         if crd is None:
             out.append(Check(False, f"CRD {name}", f"not installed (install {source})"))
@@ -149,7 +156,7 @@ def crd_checks(cluster: Cluster, runtime: str) -> list[Check]:
                 continue
             detail += f"; declares {', '.join(trainjob.FIELD_SINCE)} ({TRAINER})"
         out.append(Check(True, f"CRD {name}", detail))
-    if cluster.crd(f"clustertrainingruntimes.{trainjob.GROUP}") is not None:
+    if trainjob.GROUP in groups and cluster.crd(f"clustertrainingruntimes.{trainjob.GROUP}") is not None:
         found = cluster.cluster_object(trainjob.GROUP, trainjob.VERSION, "clustertrainingruntimes", runtime)
         what = f"ClusterTrainingRuntime {runtime}"
         out.append(
@@ -181,9 +188,11 @@ def _declares(schema: dict, path: str) -> bool:
     return True
 
 
-def permission_checks(cluster: Cluster, namespace: str) -> list[Check]:
+def permission_checks(cluster: Cluster, namespace: str, groups: set[str]) -> list[Check]:
     out = []
     for group, resource, subresource, verbs in PERMISSIONS:
+        if group and group not in groups:
+            continue
         full = f"{resource}/{subresource}" if subresource else resource
         full += f".{group}" if group else ""
         denied = []
@@ -222,13 +231,18 @@ def secret_checks(cluster: Cluster, namespace: str, secrets) -> list[Check]:
     return out
 
 
-def diagnose(kfp, api_client=None, service_account: str = "") -> list[Check]:
+def diagnose(kfp, api_client=None, service_account: str = "", without: tuple[str, ...] = ()) -> list[Check]:
     """Every check for the ``kfp`` section (:class:`~transferops.kubeflow.settings.KfpConfig`), in report order.
-    ``service_account``: ``system:serviceaccount:<ns>:<name>`` to impersonate (empty: the caller's identity)."""
+    ``service_account``: ``system:serviceaccount:<ns>:<name>`` to impersonate (empty: the caller's identity);
+    ``without``: :data:`COMPONENTS` this cluster does not need."""
+    unknown = sorted(set(without) - set(COMPONENTS))
+    if unknown:
+        raise ConfigError(f"doctor --without: unknown {unknown} (expected {', '.join(COMPONENTS)})")
+    groups = {group for name, group in COMPONENTS.items() if name not in without}
     cluster = Cluster(api_client, service_account)
     return (
-        crd_checks(cluster, kfp.distributed.runtime)
-        + permission_checks(cluster, kfp.namespace)
+        crd_checks(cluster, kfp.distributed.runtime, groups)
+        + permission_checks(cluster, kfp.namespace, groups)
         + secret_checks(cluster, kfp.namespace, kfp.secrets)
     )
 

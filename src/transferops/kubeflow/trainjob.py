@@ -226,7 +226,8 @@ def run_trainjob(
             log.warning("%s already exists (this task is a retry): following the running job", what)
             if (obj.get("spec") or {}).get("trainer") != manifest["spec"]["trainer"]:
                 log.warning("%s: the existing job's trainer spec differs from this task's", what)
-        checked = False
+        # an existing job made from another spec is not this task's to judge (the warning above says so)
+        checked = not created and (obj.get("spec") or {}).get("trainer") != manifest["spec"]["trainer"]
 
         def read() -> dict:  # the first read is compared with what was sent: a pruned field fails here
             nonlocal checked
