@@ -1,9 +1,9 @@
-"""``transferops pipeline compile | run-local | submit | schedule``: the Kubeflow adapter's command line.
+"""``transferops pipeline compile | run-local | submit | schedule | doctor``: the Kubeflow adapter's command line.
 
 It lives beside the DAG it drives; the ``transferops`` command line adds it when it runs from a checkout.
 ``--set`` is applied when the pipeline is compiled, for every action: ``kfp.*`` keys change node pools,
 retries, caching and secrets in the compiled YAML, the others change the parameter defaults baked into it.
-Nothing here imports kfp until an action runs.
+Nothing here imports kfp until an action runs; ``doctor`` never does (it asks the Kubernetes API only).
 """
 
 from __future__ import annotations
@@ -36,6 +36,35 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
         if action == "schedule":
             p.add_argument("--cron", default=None, help='6-field cron, seconds first (default kfp.cron: "0 0 3 * * *")')
         p.set_defaults(func=main)
+    text = "check the cluster: CRDs and versions, the service account's permissions, the secrets"
+    p = actions.add_parser("doctor", parents=[common], help=text, description=text)
+    p.add_argument(
+        "--service-account",
+        default="",
+        help="check as this service account of kfp.namespace (impersonated), e.g. transferops",
+    )
+    p.add_argument(
+        "--without",
+        nargs="+",
+        default=[],
+        choices=("trainer", "katib"),
+        help="skip what this cluster does not use: trainer (no kfp.distributed), katib (no Katib sweeps)",
+    )
+    p.set_defaults(func=doctor)
+
+
+def doctor(args: argparse.Namespace) -> int:
+    """Print :func:`transferops.kubeflow.doctor.diagnose`'s report; exit 1 when something is missing."""
+    from transferops.kubeflow.doctor import diagnose, report
+    from transferops.kubeflow.settings import load_kfp_config
+
+    kfp = load_kfp_config(args.params, list(args.set))
+    account = args.service_account
+    if account and ":" not in account:
+        account = f"system:serviceaccount:{kfp.namespace}:{account}"
+    checks = diagnose(kfp, service_account=account, without=tuple(args.without))
+    print(report(checks))
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def main(args: argparse.Namespace) -> int:

@@ -74,8 +74,8 @@ def _stage_task(stage: Stage, produced: dict, cfg, kfp: KfpConfig, launch: Launc
     if stage.resumable:  # how it runs (one process, torchrun, a TrainJob) is compiled in
         inputs["launch"] = launch.to_json()
     task = component(**inputs, **params)
-    on_gpu = stage.pool == "gpu" and not (stage.resumable and launch.trainjob)  # a TrainJob task only waits
-    _place(task, kfp.gpu if on_gpu else kfp.cpu, kfp)
+    pool = launch.launcher_pool if stage.resumable else stage.pool  # a TrainJob's task only stages and waits
+    _place(task, {"cpu": kfp.cpu, "gpu": kfp.gpu}[pool], kfp)
     if stage.pool == "gpu":  # spot GPU nodes get preempted: training resumes from its durable state
         task.set_retry(
             num_retries=kfp.retries, backoff_duration=kfp.backoff_duration, backoff_factor=kfp.backoff_factor

@@ -9,7 +9,13 @@ Every request is recorded as ``(method, path, body)``. Scenarios, per test:
 - :meth:`FakeKube.seed` puts an object in place before the code under test runs;
 - :meth:`FakeKube.at_get` changes an object's status (or deletes it) when its n-th GET arrives, the way a
   controller moves a job along;
-- :meth:`FakeKube.fail` answers the next matching requests with an error code (500 by default).
+- :meth:`FakeKube.fail` answers the next matching requests with an error code (500 by default);
+- :meth:`FakeKube.prune_with` makes the server store created objects of a plural the way a real one does with
+  a structural CRD schema (:class:`tests.structural.Schema`): undeclared fields are dropped, silently, so a test
+  can stand in for a cluster running a given Trainer release;
+- :meth:`FakeKube.put` serves a fixed object at an exact path (a CRD, a Secret, a cluster-scoped runtime) and
+  :meth:`FakeKube.allow` grants a verb on a resource to SelfSubjectAccessReviews (everything else is denied);
+  the ``Impersonate-User`` header of each request is kept in :attr:`FakeKube.impersonated`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from urllib.parse import urlsplit
 PATH = re.compile(
     r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/namespaces/(?P<namespace>[^/]+)/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?$"
 )
+
+
+ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 
 
 class Request(NamedTuple):
@@ -64,6 +73,10 @@ class FakeKube:
         self._steps: list[_Step] = []
         self._failures: list[_Failure] = []
         self._uid = itertools.count(1)
+        self._schemas: dict[str, Any] = {}
+        self._fixed: dict[str, dict] = {}
+        self._allowed: set[tuple[str, str, str, str, str]] = set()
+        self.impersonated: list[str | None] = []
 
     # -- scenario handle ---------------------------------------------------------------------------------------
 
@@ -86,6 +99,21 @@ class FakeKube:
         """Answer the next ``times`` requests of ``method`` whose path contains ``path_contains`` with ``code``."""
         with self.lock:
             self._failures.append(_Failure(method, code, times, path_contains))
+
+    def prune_with(self, plural: str, schema) -> None:
+        """Store created ``plural`` objects pruned by ``schema`` (a :class:`tests.structural.Schema`)."""
+        with self.lock:
+            self._schemas[plural] = schema
+
+    def put(self, path: str, obj: dict) -> None:
+        """Answer GET ``path`` (exact, e.g. ``/api/v1/namespaces/ml/secrets/s3``) with ``obj``."""
+        with self.lock:
+            self._fixed[path] = copy.deepcopy(obj)
+
+    def allow(self, verb: str, resource: str, group: str = "", namespace: str = "", subresource: str = "") -> None:
+        """SelfSubjectAccessReviews for this verb on this resource (in ``namespace``) answer allowed."""
+        with self.lock:
+            self._allowed.add((verb, group, resource, subresource, namespace))
 
     def stored(self, plural: str, namespace: str, name: str) -> dict | None:
         """The object as the server holds it now (any group/version), or None."""
@@ -122,6 +150,10 @@ class FakeKube:
             code = self._injected_failure(method, path)
             if code is not None:
                 return code, status_body(code, "InternalError" if code >= 500 else "BadRequest", "injected failure")
+            if method == "GET" and path in self._fixed:
+                return 200, copy.deepcopy(self._fixed[path])
+            if method == "POST" and path == ACCESS_REVIEWS:
+                return self._review(body)
             match = PATH.match(path)
             if not match:
                 return 404, status_body(404, "NotFound", "the server could not find the requested resource")
@@ -165,9 +197,19 @@ class FakeKube:
         if key in self.objects:
             return 409, status_body(409, "AlreadyExists", f'{plural}.{group} "{name}" already exists', name, group)
         obj = self._stamp(copy.deepcopy(body))
+        if plural in self._schemas:
+            obj, _ = self._schemas[plural].prune(obj)
         obj["metadata"]["namespace"] = namespace
         self.objects[key] = obj
         return 201, copy.deepcopy(obj)
+
+    def _review(self, body: dict) -> tuple[int, dict]:
+        attrs = ((body or {}).get("spec") or {}).get("resourceAttributes") or {}
+        wanted = tuple(attrs.get(k) or "" for k in ("verb", "group", "resource", "subresource", "namespace"))
+        allowed = wanted in self._allowed
+        reply = copy.deepcopy(body)
+        reply["status"] = {"allowed": allowed} | ({} if allowed else {"reason": "no RBAC rule allows it"})
+        return 201, reply
 
     def _get(self, key) -> tuple[int, dict]:
         group, _, _, plural, name = key
@@ -211,6 +253,7 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             n = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(n) if n else b""
             body = json.loads(raw) if raw else None
+            fake.impersonated.append(self.headers.get("Impersonate-User"))
             code, reply = fake.handle(self.command, urlsplit(self.path).path, body)
             data = json.dumps(reply).encode()
             self.send_response(code)

@@ -209,12 +209,20 @@ def _sweep_katib(args: argparse.Namespace, cfg: Config, points: list[list[str]])
     manifest = sweep.katib_manifest(
         cfg, points, args.name, IMAGE, kfp, [o for o in args.set if not o.startswith("kfp.")]
     )
+    if not cfg.base.state_uri:
+        log.warning(
+            "base.state_uri is empty: a preempted Katib trial gets a new pod but restarts training from scratch "
+            "(set it to s3://... or a volume every trial mounts to resume)"
+        )
     if args.dry_run:
         print(_yaml.safe_dump(manifest, sort_keys=False))
         return 0
     created = katib.create_experiment(manifest)
-    meta = created["metadata"]
-    print(f"created Katib Experiment {meta['namespace']}/{meta['name']} ({len(points)} trials)")
+    meta, spec = created["metadata"], manifest["spec"]
+    print(
+        f"created Katib Experiment {meta['namespace']}/{meta['name']} ({spec['maxTrialCount']} trials, "
+        f"{spec['parallelTrialCount']} at a time, failing after {spec['maxFailedTrialCount']} failed)"
+    )
     return 0
 
 

@@ -159,7 +159,8 @@ def _value(params: dict, override: str) -> bool:
 
 # ------------------------------------------------------------------------------------------------ katib
 def katib_manifest(cfg: Config, points: list[list[str]], name: str, image: str, kfp, base: list[str]) -> dict:
-    """A Katib Experiment over the grid's values (grid algorithm, one trial per point)."""
+    """A Katib Experiment over the grid's values (grid algorithm, one trial per point), ``kfp.sweep_parallelism``
+    trials at a time, failing after ``kfp.katib.max_failed_trials`` (capped at the number of trials)."""
     from transferops.kubeflow import katib
 
     axes: dict[str, list[Any]] = {}
@@ -177,10 +178,14 @@ def katib_manifest(cfg: Config, points: list[list[str]], name: str, image: str, 
         "/opt/transferops/params.yaml",
         *[a for o in base for a in ("--set", o)],
     ]
-    gpu = kfp.gpu
+    gpu, stop = kfp.gpu, kfp.katib.early_stopping
     limits = {"cpu": gpu.cpu_limit, "memory": gpu.memory_limit}
     if gpu.accelerator_type:
         limits[gpu.accelerator_type] = gpu.accelerator_limit
+    early = None
+    if stop.algorithm:
+        early = {"algorithm": stop.algorithm, "min_trials_required": stop.min_trials_required}
+        early["start_step"] = stop.start_step
     return katib.experiment_manifest(
         name,
         kfp.namespace,
@@ -189,26 +194,30 @@ def katib_manifest(cfg: Config, points: list[list[str]], name: str, image: str, 
         space,
         algorithm="grid",
         max_trials=len(points),
-        parallel_trials=min(len(points), 4),
+        parallel_trials=min(len(points), kfp.sweep_parallelism),
+        max_failed_trials=min(len(points), kfp.katib.max_failed_trials),
+        early_stopping=early,
         resources={"requests": {"cpu": gpu.cpu_request, "memory": gpu.memory_request}, "limits": limits},
         node_selector=dict(gpu.node_selector),
         tolerations=list(gpu.tolerations),
         secret_env=[(s.name, dict(s.env)) for s in kfp.secrets],
         shm_size=gpu.shm_size,
+        image_pull_policy=kfp.image_pull_policy,
     )
 
 
 def trial(cfg: Config) -> float:
     """One Katib trial: the stages finetune needs (:func:`transferops.stages.graph.upstream`), then finetune;
-    report the selected target val accuracy to Katib."""
-    from transferops.kubeflow.katib import write_trial_metrics
+    report the selected target val accuracy to Katib (after every epoch too, for its median stop)."""
+    from transferops.kubeflow.katib import ObjectiveReporter, write_trial_metrics
     from transferops.paths import Paths
     from transferops.stages import graph, run_pipeline
     from transferops.stages.common import read_json
     from transferops.tracking import make_tracker
 
     tracker = make_tracker(cfg)
-    run_pipeline(cfg, lambda _: tracker, graph.upstream("finetune", cfg))
+    reporting = ObjectiveReporter(tracker)  # finetune's val_accuracy is the objective
+    run_pipeline(cfg, lambda stage: reporting if stage == "finetune" else tracker, graph.upstream("finetune", cfg))
     value = read_json(Paths.from_config(cfg).stage("finetune") / "metrics.json")["val_accuracy"]
     if value is None:
         raise TransferopsError("trial: no labelled target val split: val_accuracy, the objective, is undefined")

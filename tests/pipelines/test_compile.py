@@ -222,3 +222,24 @@ def test_a_method_that_needs_the_source_data_refuses_a_task_without_it():
         kfp_io.source_data_input(dann, None)
     assert "\n" not in str(e.value)
     assert kfp_io.source_data_input(dann, "/x") == {"source_data": "/x"}
+
+
+def test_in_trainjob_mode_the_launching_tasks_hold_no_gpu_in_pod_and_torchrun_modes_keep_theirs(tmp_path):
+    def placement(sets):
+        compiled = _compile(REPO / "params.yaml", tmp_path / "p.yaml", sets)
+        spec, k8s = compiled["spec"], compiled["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        out = {}
+        for name, task in _tasks(spec).items():
+            label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+            res = spec["deploymentSpec"]["executors"][label]["container"].get("resources", {})
+            gpus = int(res.get("accelerator", {}).get("resourceCount", 0))
+            out[name] = (gpus, bool(k8s[label].get("tolerations")), "retryPolicy" in task)
+        return out
+
+    trainjob = placement(["kfp.distributed.nodes=2", "base.state_uri=s3://bucket/state"])
+    for name in ("pretrain", "finetune"):  # no accelerator, no GPU-pool toleration; still retried
+        assert trainjob[name] == (0, False, True), name
+    assert trainjob["baseline"] == trainjob["evaluate"] == (1, True, True)  # they train / infer in their pod
+    in_pod, torchrun = placement([]), placement(["kfp.gpu.accelerator_limit=4"])
+    assert in_pod["pretrain"] == in_pod["finetune"] == (1, True, True)
+    assert torchrun["pretrain"] == torchrun["finetune"] == (4, True, True)

@@ -118,12 +118,16 @@ def test_experiment_fields_follow_the_v1beta1_schema():
             "reference": "finetune__batch_size",
         },
         {"name": "finetune__epochs", "description": "--set finetune.epochs", "reference": "finetune__epochs"},
+        {"name": "trialName", "description": "TRANSFEROPS_RUN_KEY", "reference": "${trialSpec.Name}"},
     ]
     assert template["trialSpec"] == {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "spec": {
             "backoffLimit": 0,
+            "podFailurePolicy": {
+                "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+            },
             "template": {
                 "metadata": {
                     "annotations": {"sidecar.istio.io/inject": "false"},
@@ -138,6 +142,7 @@ def test_experiment_fields_follow_the_v1beta1_schema():
                             "command": TRIAL_COMMAND,
                             "env": [
                                 {"name": "TRANSFEROPS_PARENT_RUN_ID", "value": "run-1"},
+                                {"name": "TRANSFEROPS_RUN_KEY", "value": "${trialParameters.trialName}"},
                                 {
                                     "name": "MLFLOW_TRACKING_URI",
                                     "valueFrom": {
@@ -201,8 +206,9 @@ def katib_substitute(m: dict, assignments: dict[str, str]) -> dict:
 def test_a_trial_command_survives_katibs_substitution_and_shell_wrapping_and_sets_the_params():
     m = manifest()
     names = {p["name"] for p in m["spec"]["parameters"]}
-    assert {p["reference"] for p in m["spec"]["trialTemplate"]["trialParameters"]} == names
+    assert {p["reference"] for p in m["spec"]["trialTemplate"]["trialParameters"]} == names | {"${trialSpec.Name}"}
     suggestion = {
+        "${trialSpec.Name}": "tune-run-1-x7k2m9",
         "finetune__lr": "0.0031",
         "finetune__method": "mcc",
         "finetune__batch_size": "32",
@@ -210,6 +216,8 @@ def test_a_trial_command_survives_katibs_substitution_and_shell_wrapping_and_set
     }
     job = katib_substitute(m, suggestion)
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TRANSFEROPS_RUN_KEY"] == "tune-run-1-x7k2m9"  # a restarted trial pod finds its training state
     # the File collector runs: sh -c "<command joined by spaces> && echo completed > /var/log/katib/$$$$.pid"
     assert shlex.split(" ".join(command)) == command
     sets = [command[i + 1] for i, token in enumerate(command) if token == "--set"]
@@ -228,7 +236,11 @@ def test_a_trial_command_survives_katibs_substitution_and_shell_wrapping_and_set
     [
         ({"algorithm": "hyperband"}, "algorithm 'hyperband': expected one of random, grid, bayesianoptimization, tpe"),
         ({"parallel_trials": 30}, "1 <= parallel_trials <= max_trials (got 30)"),
-        ({"max_failed_trials": -1}, "max_failed_trials >= 0 (got -1)"),
+        ({"max_failed_trials": -1}, "0 <= max_failed_trials <= max_trials (got -1)"),
+        ({"max_failed_trials": 21}, "0 <= max_failed_trials <= max_trials (got 21)"),  # Katib's webhook rule
+        ({"env": {"TRANSFEROPS_RUN_KEY": "x"}}, "TRANSFEROPS_RUN_KEY is set to the trial's name"),
+        ({"early_stopping": {"algorithm": "median"}}, "early stopping algorithm 'median': expected one of medianstop"),
+        ({"early_stopping": {"algorithm": "medianstop", "start": 2}}, "unknown setting(s) ['start']"),
         ({"algorithm": "grid"}, "finetune.lr: the grid algorithm needs a step for double parameters"),
         (
             {"image_pull_policy": "IfNeeded"},
@@ -478,3 +490,26 @@ def test_wait_raises_the_failure_reason(kube):
     assert str(err.value) == (
         "Experiment ml/tune-run-1 failed: ExperimentFailed: Experiment has failed because max failed count has reached"
     )
+
+
+def test_the_objective_reporter_writes_one_line_per_epoch_for_median_stop(tmp_path):
+    """Median stop compares the objective lines a running trial has written; the reporter adds one per
+    logged epoch and passes everything on to the real tracker."""
+    from transferops.tracking.tracker import NullTracker
+
+    seen = []
+
+    class Recording(NullTracker):
+        run_id = "r1"
+
+        def log_metrics(self, metrics, step=None):
+            seen.append((dict(metrics), step))
+
+    path = tmp_path / "metrics.log"
+    reporter = katib.ObjectiveReporter(Recording(), path)
+    for epoch, acc in enumerate([0.5, 0.625, 0.75], start=1):
+        reporter.log_metrics({"train_loss": 1.0 / epoch, "val_accuracy": acc}, epoch)
+    reporter.log_metrics({"epoch_seconds": 3.0}, 4)  # no objective: no line
+    assert reporter.run_id == "r1" and len(seen) == 4
+    reported = katib_parse_text(path.read_text(), ["val_accuracy"], [katib.METRIC_FILTER])
+    assert [value for _, name, value in reported if name == "val_accuracy"] == ["0.5", "0.625", "0.75"]

@@ -381,3 +381,141 @@ def test_an_unreachable_server_is_one_line_naming_it():
     message = str(err.value)
     assert message.startswith(f"create TrainJob ml/{NAME}: Kubernetes API http://127.0.0.1:{port} unreachable: ")
     assert "\n" not in message
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the read-back check: a server that prunes like an older Trainer
+
+
+def _trainer_schema(version: str):
+    import json
+    from pathlib import Path
+
+    from tests.structural import Schema
+
+    path = Path(__file__).parents[1] / "schemas" / "trainer" / f"trainjob-{version}.json"
+    return Schema(json.loads(path.read_text()))
+
+
+def test_a_trainer_without_runtime_patches_fails_the_launch_naming_the_field_and_version(kube):
+    """On a cluster with Trainer v2.1.0 the placement would be dropped silently and the pods would run on
+    the wrong nodes (or stay Pending on a tainted pool): the launch fails at the first read instead."""
+    api, requests, fake = kube
+    fake.prune_with("trainjobs", _trainer_schema("v2.1.0"))
+    fake.at_get("trainjobs", NAME, 1, status={"conditions": [condition("Complete", "AllJobsCompleted")]})
+    with pytest.raises(TrainingError) as err:
+        run_trainjob(gpu_spec(), api_client=api, poll_seconds=0.01)
+    assert str(err.value) == (
+        f"TrainJob ml/{NAME}: the API server dropped spec.runtimePatches from the job as sent; "
+        "it needs Kubeflow Trainer >= v2.2.0, this cluster's is older"
+    )
+    assert [r.method for r in requests] == ["POST", "GET", "DELETE"]  # and the misplaced job is deleted
+    assert fake.stored("trainjobs", "ml", NAME) is None
+
+
+@pytest.mark.parametrize("version", ["v2.2.0", "v2.2.1", "v2.3.0"])
+def test_a_supported_trainer_keeps_the_job_as_sent(kube, version):
+    api, requests, fake = kube
+    fake.prune_with("trainjobs", _trainer_schema(version))
+    fake.at_get("trainjobs", NAME, 1, status={"conditions": [condition("Complete", "AllJobsCompleted")]})
+    run_trainjob(gpu_spec(queue="gpu-spot"), api_client=api, poll_seconds=0.01)
+    assert [r.method for r in requests] == ["POST", "GET", "DELETE"]
+
+
+def test_a_job_without_placement_runs_on_an_old_trainer_too(kube):
+    api, _, fake = kube
+    fake.prune_with("trainjobs", _trainer_schema("v2.1.0"))
+    fake.at_get("trainjobs", NAME, 1, status={"conditions": [condition("Complete", "AllJobsCompleted")]})
+    plain = gpu_spec(node_selector={}, tolerations=[], shm_size="")
+    assert run_trainjob(plain, api_client=api, poll_seconds=0.01)["status"]["conditions"][0]["type"] == "Complete"
+
+
+def test_read_back_names_an_unknown_field_without_a_version():
+    from transferops.kubeflow.trainjob import check_read_back
+
+    sent = trainjob_manifest(gpu_spec(queue="q"))
+    stored = copy.deepcopy(sent)
+    del stored["spec"]["trainer"]["env"][1:]
+    del stored["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+    stored["spec"]["managedBy"] = "trainer.kubeflow.org/trainjob-controller"  # a default the server adds: fine
+    with pytest.raises(TrainingError) as err:
+        check_read_back(sent, stored, "TrainJob ml/x")
+    assert str(err.value) == (
+        "TrainJob ml/x: the API server dropped spec.trainer.env[1], spec.trainer.env[2], spec.trainer.env[3], "
+        "metadata.labels.kueue.x-k8s.io/queue-name from the job as sent; this cluster's Trainer does not declare "
+        "it (supported: Kubeflow Trainer >= v2.2.0)"
+    )
+    check_read_back(sent, {**sent, "status": {"conditions": []}}, "TrainJob ml/x")  # unchanged: no error
+
+
+def test_a_kueue_queue_becomes_the_queue_name_label():
+    m = trainjob_manifest(gpu_spec(queue="team-a-gpu"))
+    assert m["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "transferops",
+        "kueue.x-k8s.io/queue-name": "team-a-gpu",
+    }
+    assert "kueue.x-k8s.io/queue-name" not in trainjob_manifest(gpu_spec())["metadata"]["labels"]
+    with pytest.raises(ConfigError, match="Kueue queue 'team a'"):
+        gpu_spec(queue="team a")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# which pool the launching KFP task needs
+
+
+def _kfp(overrides):
+    from tests.conftest import REPO
+    from transferops.config import read_params
+    from transferops.kubeflow.settings import kfp_from_dict
+
+    return kfp_from_dict(read_params(REPO / "params.yaml"), overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides, pool, nproc",
+    [
+        (["kfp.distributed.nodes=2", "kfp.distributed.gpus_per_node=4"], "cpu", 1),  # TrainJob: the task only waits
+        (["kfp.distributed.nodes=0", "kfp.gpu.accelerator_limit=4"], "gpu", 4),  # torchrun in the task's pod
+        (["kfp.distributed.nodes=0"], "gpu", 1),  # one process in the task's pod
+    ],
+)
+def test_the_launching_task_holds_a_gpu_only_when_it_trains(overrides, pool, nproc):
+    from transferops.kubeflow.launch import Launch, launch_for
+
+    launch = launch_for(_kfp(overrides), "img:1")
+    assert (launch.launcher_pool, launch.nproc) == (pool, nproc)
+    assert Launch.from_json(launch.to_json()).launcher_pool == pool  # what the component receives
+
+
+def test_launch_for_carries_the_kueue_queue_to_the_spec():
+    from transferops.kubeflow.launch import launch_for
+
+    launch = launch_for(_kfp(["kfp.distributed.nodes=2", "kfp.kueue_queue=gpu-spot"]), "img:1")
+    spec = launch.trainjob_spec("finetune", "run-1", "s3://b/state/run-1/finetune/staging")
+    assert spec.queue == "gpu-spot" and spec.num_nodes == 2
+    assert spec.command == [
+        "transferops",
+        "remote-stage",
+        "finetune",
+        "--staging",
+        "s3://b/state/run-1/finetune/staging",
+    ]
+    assert spec.env == {"TRANSFEROPS_RUN_KEY": "run-1"}
+
+
+def test_a_retry_checks_the_job_an_earlier_attempt_left_on_an_old_trainer(kube):
+    """The first attempt died before its first read: the retry finds the pruned job and fails as it would have."""
+    api, requests, fake = kube
+    pruned, _ = _trainer_schema("v2.1.0").prune(trainjob_manifest(gpu_spec()))
+    fake.seed("trainjobs", pruned)
+    with pytest.raises(TrainingError, match="dropped spec.runtimePatches"):
+        run_trainjob(gpu_spec(), api_client=api, poll_seconds=0.01)
+    assert [r.method for r in requests] == ["POST", "GET", "GET", "DELETE"]
+
+
+def test_an_existing_job_from_another_spec_is_followed_with_a_warning_only(kube, caplog):
+    api, _, fake = kube
+    fake.seed("trainjobs", trainjob_manifest(gpu_spec(procs_per_node=2, node_selector={}, tolerations=[])))
+    fake.at_get("trainjobs", NAME, 2, status={"conditions": [condition("Complete", "AllJobsCompleted")]})
+    run_trainjob(gpu_spec(), api_client=api, poll_seconds=0.01)
+    assert f"TrainJob ml/{NAME}: the existing job's trainer spec differs from this task's" in _messages(caplog)

@@ -19,6 +19,12 @@ Why not ``JSON``: that parser needs one JSON object per line, aborts on any othe
 numeric values (only ``{"val_accuracy": "0.9375"}``, a string, is read), so a stage's ordinary metrics.json
 would be reported as unavailable.
 
+A preempted trial resumes instead of failing: the trial Job's ``podFailurePolicy`` ignores pod failures with
+the ``DisruptionTarget`` condition (preemption, eviction, node drain; they do not count towards
+``backoffLimit`` 0, so the Job makes a new pod), and :data:`RUN_KEY_ENV` is the trial's name (Katib's
+``${trialSpec.Name}`` meta reference), so the new pod finds the training state the old one saved under
+``base.state_uri``. Any other failure fails the trial at once.
+
 The collector also wraps the trial container's command in ``sh -c "<command joined by spaces> && echo
 completed > <dir>/$$$$.pid"``: every token is pasted unquoted into a shell line, so the command and all
 categorical values are checked to be shell-safe here.
@@ -37,6 +43,7 @@ from typing import Any
 
 from transferops.errors import ConfigError, TrainingError
 from transferops.kubeflow import kube
+from transferops.training.state import RUN_KEY_ENV
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,12 @@ DISTRIBUTIONS = ("uniform", "logUniform", "normal", "logNormal")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 SHELL_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+EARLY_STOPPING = {"medianstop": ("min_trials_required", "start_step")}
+"""Early-stopping algorithms of a standard Katib install, with the settings each accepts."""
+TRIAL_NAME_PARAMETER = "trialName"
+"""Trial parameter bound to Katib's ``${trialSpec.Name}``: the trial's run key, so a restarted pod resumes."""
+MIN_KATIB_VERSION = "v0.19.0"
+"""The Katib release whose API and admission rules the manifests are checked against."""
 SPACE_FIELDS = {
     "double": {"type", "min", "max", "step", "distribution"},
     "int": {"type", "min", "max", "step", "distribution"},
@@ -91,6 +104,7 @@ def experiment_manifest(
     max_trials: int = 12,
     parallel_trials: int = 3,
     max_failed_trials: int = 3,
+    early_stopping: Mapping[str, Any] | None = None,
     goal: float | None = None,
     resources: Mapping[str, Mapping[str, Any]] | None = None,
     node_selector: Mapping[str, str] | None = None,
@@ -108,16 +122,17 @@ def experiment_manifest(
     ``["transferops", "tune-trial", "--params", "/workspace/params.yaml"]``; the trial must write
     :data:`METRICS_FILE` (see :func:`write_trial_metrics`). ``resources``, ``node_selector``, ``tolerations``,
     ``secret_env`` (``(secret, {key: ENV})``), ``env`` and ``shm_size`` place the trial pods as for the pipeline's
-    GPU tasks. Invalid input raises ConfigError naming the field.
+    GPU tasks. ``early_stopping``: ``{"algorithm": "medianstop", <setting>: value, ...}`` or None (off); Katib
+    compares the objective lines a trial has written so far. Invalid input raises ConfigError naming the field.
     """
     kube.check_dns_name(name, "Experiment name", EXPERIMENT_NAME_LENGTH)
     kube.check_dns_name(namespace, "namespace")
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
-    if max_trials < 1 or not 1 <= parallel_trials <= max_trials or max_failed_trials < 0:
+    if max_trials < 1 or not 1 <= parallel_trials <= max_trials or not 0 <= max_failed_trials <= max_trials:
         raise ConfigError(
             f"trial counts: need max_trials >= 1 (got {max_trials}), 1 <= parallel_trials <= max_trials "
-            f"(got {parallel_trials}) and max_failed_trials >= 0 (got {max_failed_trials})"
+            f"(got {parallel_trials}) and 0 <= max_failed_trials <= max_trials (got {max_failed_trials})"
         )
     if not search_space:
         raise ConfigError("search space is empty")
@@ -141,12 +156,23 @@ def experiment_manifest(
     trial_command = list(command)
     for p in parameters:
         trial_command += ["--set", f"{parameter_key(p['name'])}=${{trialParameters.{p['name']}}}"]
+    trial_env = dict(env or {})
+    if RUN_KEY_ENV in trial_env:
+        raise ConfigError(f"trial env: {RUN_KEY_ENV} is set to the trial's name by the Experiment (reserved)")
+    trial_env[RUN_KEY_ENV] = f"${{trialParameters.{TRIAL_NAME_PARAMETER}}}"
     trial_job = _trial_job(
-        image, trial_command, resources or {}, node_selector or {}, tolerations, secret_env, env or {}, shm_size
+        image, trial_command, resources or {}, node_selector or {}, tolerations, secret_env, trial_env, shm_size
     )
     trial_job["spec"]["template"]["metadata"]["labels"] = labels
     trial_job["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = image_pull_policy
-    return {
+    trial_parameters = [
+        {"name": p["name"], "description": f"--set {parameter_key(p['name'])}", "reference": p["name"]}
+        for p in parameters
+    ]
+    trial_parameters.append(
+        {"name": TRIAL_NAME_PARAMETER, "description": RUN_KEY_ENV, "reference": "${trialSpec.Name}"}
+    )
+    manifest: dict[str, Any] = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
@@ -168,14 +194,26 @@ def experiment_manifest(
                 "primaryContainerName": TRIAL_CONTAINER,
                 "successCondition": JOB_SUCCEEDED,
                 "failureCondition": JOB_FAILED,
-                "trialParameters": [
-                    {"name": p["name"], "description": f"--set {parameter_key(p['name'])}", "reference": p["name"]}
-                    for p in parameters
-                ],
+                "trialParameters": trial_parameters,
                 "trialSpec": trial_job,
             },
         },
     }
+    if early_stopping:
+        manifest["spec"]["earlyStopping"] = _early_stopping(early_stopping)
+    return manifest
+
+
+def _early_stopping(settings: Mapping[str, Any]) -> dict:
+    """``spec.earlyStopping`` from ``{"algorithm": name, <setting>: value, ...}``; settings are strings in Katib."""
+    algorithm = settings.get("algorithm")
+    if algorithm not in EARLY_STOPPING:
+        raise ConfigError(f"early stopping algorithm {algorithm!r}: expected one of {', '.join(EARLY_STOPPING)}")
+    rest = {k: v for k, v in settings.items() if k != "algorithm"}
+    unknown = sorted(set(rest) - set(EARLY_STOPPING[algorithm]))
+    if unknown:
+        raise ConfigError(f"early stopping {algorithm}: unknown setting(s) {unknown}")
+    return {"algorithmName": algorithm, "algorithmSettings": [{"name": k, "value": str(v)} for k, v in rest.items()]}
 
 
 def _check_shell_safe(token: str, what: str) -> None:
@@ -242,7 +280,8 @@ def _parameter(key: str, space: Mapping[str, Any], algorithm: str) -> dict:
 
 
 def _trial_job(image, command, resources, node_selector, tolerations, secret_env, env, shm_size) -> dict:
-    """The trial's batch/v1 Job: one pod, never restarted (a failed trial counts towards maxFailedTrialCount)."""
+    """The trial's batch/v1 Job: one pod; a failed pod fails the trial (it counts towards maxFailedTrialCount)
+    unless it was disrupted (preempted, evicted), which gets a new pod that resumes from the saved state."""
     container: dict[str, Any] = {"name": TRIAL_CONTAINER, "image": image, "command": command}
     env_list = kube.env_vars(env, secret_env)
     if env_list:
@@ -264,6 +303,10 @@ def _trial_job(image, command, resources, node_selector, tolerations, secret_env
         "kind": "Job",
         "spec": {
             "backoffLimit": 0,
+            # a preempted or evicted pod is replaced without counting as a failure: the trial resumes
+            "podFailurePolicy": {
+                "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+            },
             "template": {
                 # with Istio, an injected proxy outlives the trial container and the Job never completes
                 "metadata": {"annotations": {"sidecar.istio.io/inject": "false"}},
@@ -295,6 +338,23 @@ def write_trial_metrics(metrics: Mapping[str, float], path: str | Path = METRICS
     with path.open("a") as f:
         f.write(metrics_line(metrics) + "\n")
     return path
+
+
+class ObjectiveReporter:
+    """A tracker that also appends a :func:`metrics_line` of the objective each time a stage logs it (once per
+    epoch), so Katib's median stop can compare a running trial with the finished ones; everything else goes to
+    the wrapped tracker. Wrap only the stage whose ``val_accuracy`` is the objective (finetune)."""
+
+    def __init__(self, tracker, path: str | Path = METRICS_FILE):
+        self._tracker, self._path = tracker, path
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self._tracker.log_metrics(metrics, step)
+        if metrics.get(OBJECTIVE) is not None:
+            write_trial_metrics({OBJECTIVE: metrics[OBJECTIVE]}, self._path)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tracker, name)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -142,7 +142,8 @@ def default_api_client():
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             config.load_incluster_config(client_configuration=cfg)
         else:
-            config.load_kube_config(client_configuration=cfg)
+            # $KUBECONFIG as it is now (the client reads it once, when first imported)
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg)
     except config.ConfigException as exc:
         raise KubeApiError(f"no Kubernetes credentials (in-cluster service account or kubeconfig): {exc}") from None
     return client.ApiClient(cfg)
@@ -232,21 +233,25 @@ class CustomObjects:
         return True
 
     def _call(self, action: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args)``, with every API or connection failure turned into one :class:`KubeApiError` line."""
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
+        return api_call(self.host, action, fn, *args, **kwargs)
 
-        try:
-            return fn(*args, **kwargs)
-        except ApiException as exc:
-            raise KubeApiError(
-                f"{action}: Kubernetes API {self.host} answered HTTP {exc.status} {exc.reason or ''}".rstrip()
-                + _status_message(exc.body),
-                exc.status,
-            ) from None
-        except (HTTPError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise KubeApiError(f"{action}: Kubernetes API {self.host} unreachable: {one_line(reason, 200)}") from None
+
+def api_call(host: str, action: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args)``, with every API or connection failure turned into one :class:`KubeApiError` line."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return fn(*args, **kwargs)
+    except ApiException as exc:
+        raise KubeApiError(
+            f"{action}: Kubernetes API {host} answered HTTP {exc.status} {exc.reason or ''}".rstrip()
+            + _status_message(exc.body),
+            exc.status,
+        ) from None
+    except (HTTPError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise KubeApiError(f"{action}: Kubernetes API {host} unreachable: {one_line(reason, 200)}") from None
 
 
 def _status_message(body: Any) -> str:

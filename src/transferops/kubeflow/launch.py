@@ -47,7 +47,39 @@ class Launch:
     """Processes in the task's own pod (its GPUs); > 1 runs torchrun."""
     trainjob: dict[str, Any] = field(default_factory=dict)
     """TrainJob settings (empty: no TrainJob): image, namespace, nodes, gpus_per_node, runtime, resources,
-    node_selector, tolerations, secret_env, shm_size, timeout_hours."""
+    node_selector, tolerations, secret_env, shm_size, timeout_hours, queue."""
+
+    @property
+    def launcher_pool(self) -> str:
+        """The ``kfp`` node pool (``"cpu"`` or ``"gpu"``) the launching KFP task of a training stage needs.
+
+        With a TrainJob the task only stages files and follows the job, so it runs on the CPU pool and holds no
+        accelerator while the job trains; in its own pod (one process or torchrun) it trains, on the GPU pool.
+        """
+        return "cpu" if self.trainjob else "gpu"
+
+    def trainjob_spec(self, stage: str, run_key: str, staging: str):
+        """The :class:`~transferops.kubeflow.trainjob.TrainJobSpec` that runs ``stage`` of run ``run_key``, its
+        inputs and outputs staged under ``staging`` (see :func:`staging_uri`)."""
+        from transferops.kubeflow.trainjob import TrainJobSpec, job_name
+
+        settings = self.trainjob
+        return TrainJobSpec(
+            name=job_name(run_key, stage),
+            namespace=settings["namespace"],
+            image=settings["image"],
+            command=["transferops", "remote-stage", stage, "--staging", staging],
+            num_nodes=settings["nodes"],
+            procs_per_node=settings["gpus_per_node"],
+            resources_per_node=settings["resources"],
+            node_selector=settings["node_selector"],
+            tolerations=settings["tolerations"],
+            secret_env=[tuple(s) for s in settings["secret_env"]],
+            env={RUN_KEY_ENV: run_key},
+            shm_size=settings["shm_size"],
+            runtime=settings["runtime"],
+            queue=settings.get("queue", ""),
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -78,6 +110,7 @@ def launch_for(kfp, image: str) -> Launch:
             "secret_env": [[s.name, dict(s.env)] for s in kfp.secrets],
             "shm_size": gpu.shm_size,
             "timeout_hours": d.timeout_hours,
+            "queue": kfp.kueue_queue,
         }
     )
 
@@ -126,7 +159,7 @@ def staging_uri(cfg: Config, stage: str) -> str:
 
 
 def _via_trainjob(stage: str, cfg: Config, ws: Path, settings: dict[str, Any], api_client=None) -> None:
-    from transferops.kubeflow.trainjob import TrainJobSpec, job_name, run_trainjob
+    from transferops.kubeflow.trainjob import run_trainjob
 
     staging = staging_uri(cfg, stage)
     layout = Paths(ws)
@@ -136,22 +169,7 @@ def _via_trainjob(stage: str, cfg: Config, ws: Path, settings: dict[str, Any], a
         put_tree(Path(tmp), staging)
     for name in graph.stage(stage).inputs_for(cfg):
         put_tree(layout.artifact(name), f"{staging}/inputs/{name}")
-    run_key = os.environ[RUN_KEY_ENV]
-    spec = TrainJobSpec(
-        name=job_name(run_key, stage),
-        namespace=settings["namespace"],
-        image=settings["image"],
-        command=["transferops", "remote-stage", stage, "--staging", staging],
-        num_nodes=settings["nodes"],
-        procs_per_node=settings["gpus_per_node"],
-        resources_per_node=settings["resources"],
-        node_selector=settings["node_selector"],
-        tolerations=settings["tolerations"],
-        secret_env=[tuple(s) for s in settings["secret_env"]],
-        env={RUN_KEY_ENV: run_key},
-        shm_size=settings["shm_size"],
-        runtime=settings["runtime"],
-    )
+    spec = Launch(trainjob=settings).trainjob_spec(stage, os.environ[RUN_KEY_ENV], staging)
     poll = float(settings.get("poll_seconds", 10.0))
     run_trainjob(spec, api_client, poll_seconds=poll, timeout_seconds=settings["timeout_hours"] * 3600)
     for name in graph.stage(stage).outputs:

@@ -39,6 +39,36 @@ class DistributedConfig:
 
 
 @dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """Katib's median stopping rule for sweep trials: a trial whose objective after ``start_step`` reports is
+    below the median of the completed trials' at the same step is stopped (Katib's ``medianstop`` service)."""
+
+    algorithm: Literal["", "medianstop"] = ""
+    """``medianstop`` or empty (off)."""
+    min_trials_required: int = 3
+    """Completed trials needed before any trial is stopped."""
+    start_step: int = 4
+    """Reports of the objective a trial makes before it is compared."""
+
+    def __post_init__(self) -> None:
+        _check(self.min_trials_required >= 1, "min_trials_required", "an int >= 1", self.min_trials_required)
+        _check(self.start_step >= 1, "start_step", "an int >= 1", self.start_step)
+
+
+@dataclass(frozen=True)
+class KatibConfig:
+    """A sweep run as a Katib Experiment (``transferops sweep --engine katib``); parallelism is
+    ``kfp.sweep_parallelism``."""
+
+    max_failed_trials: int = 3
+    """Failed trials that fail the Experiment; at most the number of trials (Katib's webhook refuses more)."""
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.max_failed_trials >= 0, "max_failed_trials", "an int >= 0", self.max_failed_trials)
+
+
+@dataclass(frozen=True)
 class TolerationConfig:
     key: str = "nvidia.com/gpu"
     operator: Literal["Equal", "Exists"] = "Exists"
@@ -104,6 +134,10 @@ class KfpConfig:
     namespace: str = "kubeflow"
     """Namespace of the Trainer jobs the pipeline creates when ``distributed`` is on."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    kueue_queue: str = ""
+    """Kueue LocalQueue (in ``namespace``) the TrainJobs are submitted to, as label
+    ``kueue.x-k8s.io/queue-name``; empty: no Kueue, the job starts at once."""
+    katib: KatibConfig = field(default_factory=KatibConfig)
 
     def __post_init__(self) -> None:
         _check(self.retries >= 0, "retries", "an int >= 0", self.retries)

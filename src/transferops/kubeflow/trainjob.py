@@ -1,7 +1,8 @@
 """Multi-node training as a Kubeflow Trainer TrainJob: build the manifest, create it, follow it, clean up.
 
-The schema is ``trainer.kubeflow.org/v1alpha1`` as served by Kubeflow Trainer 2.3 (the release of the
-``kubeflow_trainer_api`` models in the lock file). What the manifest relies on:
+The schema is ``trainer.kubeflow.org/v1alpha1`` as served by Kubeflow Trainer 2.2 and 2.3; the support floor
+is :data:`MIN_TRAINER_VERSION` (tests/pipelines/test_kubeflow_schemas.py validates every manifest against the
+upstream CRD of each supported release, vendored in tests/schemas/). What the manifest relies on:
 
 - ``spec.runtimeRef`` names the ClusterTrainingRuntime (default ``torch-distributed``); its ``apiGroup``
   (``trainer.kubeflow.org``) and ``kind`` (``ClusterTrainingRuntime``) are the schema's defaults, written out.
@@ -19,6 +20,12 @@ The schema is ``trainer.kubeflow.org/v1alpha1`` as served by Kubeflow Trainer 2.
   ``spec.runtimePatches`` entry (manager :data:`PATCH_MANAGER`, applied as a strategic merge patch onto the
   runtime's JobSet template). Environment variables, secrets included, go in ``spec.trainer.env``: the webhook
   refuses env patches on the ``node`` container.
+- An older Trainer's CRD does not declare ``runtimePatches`` (v2.1 has ``podTemplateOverrides`` instead), and a
+  structural schema drops an undeclared field without a word: the job would run unplaced. So the launcher
+  reads the job back after creating it (:func:`check_read_back`) and fails, naming the dropped field and the
+  release that has it (:data:`FIELD_SINCE`), before any pod is scheduled in the wrong place.
+- ``metadata.labels`` carries ``kueue.x-k8s.io/queue-name`` when a Kueue queue is set (:data:`KUEUE_QUEUE_LABEL`):
+  Kueue then admits the job when its quota allows, and the job waits suspended until then.
 - There is no field for the image pull policy in this schema: the runtime's container decides (Kubernetes'
   default: ``IfNotPresent`` unless the tag is ``latest``).
 - ``status.conditions`` (metav1.Condition) carries ``Complete`` or ``Failed`` (copied from the JobSet's
@@ -31,6 +38,7 @@ The schema is ``trainer.kubeflow.org/v1alpha1`` as served by Kubeflow Trainer 2.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -50,6 +58,13 @@ PATCH_MANAGER = "transferops.io/launcher"
 """Owner of our ``runtimePatches`` entry (the webhook wants a domain-prefixed path)."""
 RESERVED_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
 JOB_NAME_LENGTH = 40
+MIN_TRAINER_VERSION = "v2.2.0"
+"""The oldest Kubeflow Trainer release whose TrainJob schema keeps every field :func:`trainjob_manifest` writes."""
+FIELD_SINCE = {"spec.runtimePatches": "v2.2.0"}
+"""Fields of our manifests that older Trainer releases do not declare, with the first release that does
+(a test derives this table from the vendored upstream schemas)."""
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,8 @@ class TrainJobSpec:
     runtime: str = "torch-distributed"
     """Name of the ClusterTrainingRuntime the job refers to."""
     labels: dict[str, str] = field(default_factory=lambda: {"app.kubernetes.io/managed-by": "transferops"})
+    queue: str = ""
+    """Kueue LocalQueue the job is submitted to (label :data:`KUEUE_QUEUE_LABEL`); empty: no Kueue."""
 
     def __post_init__(self):
         # JobSet names the last pod <name>-node-0-<num_nodes - 1>-xxxxx, and that must fit in 63 characters
@@ -97,6 +114,8 @@ class TrainJobSpec:
             raise ConfigError(f"TrainJob env: {', '.join(reserved)} are set by the torch runtime (reserved)")
         if not self.runtime:
             raise ConfigError("TrainJob: runtime must name a ClusterTrainingRuntime")
+        if len(self.queue) > 63 or not LABEL_VALUE.match(self.queue):
+            raise ConfigError(f"TrainJob: Kueue queue {self.queue!r} is not a label value of at most 63 characters")
         # fail here, not when the manifest is built: unknown resource sections, duplicate variables, bad tolerations
         kube.resource_requirements(self.resources_per_node)
         kube.env_vars(self.env, self.secret_env)
@@ -148,10 +167,13 @@ def trainjob_manifest(spec: TrainJobSpec) -> dict:
         job_spec["runtimePatches"] = [
             {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [node_job]}}}}
         ]
+    labels = dict(spec.labels)
+    if spec.queue:
+        labels[KUEUE_QUEUE_LABEL] = spec.queue
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
-        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": dict(spec.labels)},
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": labels},
         "spec": job_spec,
     }
 
@@ -204,8 +226,19 @@ def run_trainjob(
             log.warning("%s already exists (this task is a retry): following the running job", what)
             if (obj.get("spec") or {}).get("trainer") != manifest["spec"]["trainer"]:
                 log.warning("%s: the existing job's trainer spec differs from this task's", what)
+        # an existing job made from another spec is not this task's to judge (the warning above says so)
+        checked = not created and (obj.get("spec") or {}).get("trainer") != manifest["spec"]["trainer"]
+
+        def read() -> dict:  # the first read is compared with what was sent: a pruned field fails here
+            nonlocal checked
+            stored = jobs.get(spec.namespace, spec.name)
+            if not checked:
+                check_read_back(manifest, stored, what)
+                checked = True
+            return stored
+
         return kube.watch(
-            partial(jobs.get, spec.namespace, spec.name),
+            read,
             describe,
             partial(_finished, what=what),
             what,
@@ -215,6 +248,56 @@ def run_trainjob(
     finally:
         if not keep:
             _delete(jobs, spec, what)
+
+
+def dropped_fields(sent: Any, stored: Any, path: str = "") -> list[str]:
+    """Paths of ``sent`` that are missing from ``stored`` (what the server pruned); additions are ignored,
+    since the server and its webhooks add defaults. Lists are compared item by item."""
+    if isinstance(sent, dict) and isinstance(stored, dict):
+        out = []
+        for key, value in sent.items():
+            child = f"{path}.{key}" if path else key
+            out += dropped_fields(value, stored[key], child) if key in stored else [child]
+        return out
+    if isinstance(sent, list) and isinstance(stored, list):
+        if len(stored) < len(sent):
+            return [f"{path}[{i}]" for i in range(len(stored), len(sent))]
+        pairs = enumerate(zip(sent, stored, strict=False))
+        return [p for i, (a, b) in pairs for p in dropped_fields(a, b, f"{path}[{i}]")]
+    return []
+
+
+def check_read_back(sent: dict, stored: dict, what: str) -> None:
+    """Raise TrainingError (one line) if the server dropped any field of ``sent``'s spec or labels: the fields
+    named, with the Trainer release that declares them (:data:`FIELD_SINCE`)."""
+    labels = {"labels": (sent.get("metadata") or {}).get("labels") or {}}
+    stored_labels = {"labels": (stored.get("metadata") or {}).get("labels") or {}}
+    missing = dropped_fields({"spec": sent.get("spec") or {}}, {"spec": stored.get("spec") or {}})
+    missing += [f"metadata.{p}" for p in dropped_fields(labels, stored_labels)]
+    if not missing:
+        return
+    since = {v for v in map(_since, missing) if v}
+    needs = (
+        f"it needs Kubeflow Trainer >= {max(since, key=_version_key)}, this cluster's is older"
+        if since
+        else f"this cluster's Trainer does not declare it (supported: Kubeflow Trainer >= {MIN_TRAINER_VERSION})"
+    )
+    raise TrainingError(
+        kube.one_line(f"{what}: the API server dropped {', '.join(missing)} from the job as sent; {needs}")
+    )
+
+
+def _since(path: str) -> str | None:
+    """The release that declares ``path`` or the field above it (list indices ignored), if :data:`FIELD_SINCE` knows."""
+    plain = re.sub(r"\[\d+\]", "", path)
+    for known, version in FIELD_SINCE.items():
+        if plain == known or plain.startswith(known + "."):
+            return version
+    return None
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", version))
 
 
 def describe(obj: dict) -> list[str]:
