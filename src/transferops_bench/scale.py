@@ -123,7 +123,7 @@ def throughput(spec: ThroughputSpec, device_name: str = "auto", linear_probe: bo
     from transferops.config import TrainConfig
     from transferops.data.shards import load_split, write_dataset
     from transferops.models import create_model
-    from transferops.training.loop import Trainer
+    from transferops.training.loop import Trainer, TrainRun
     from transferops.training.seeding import resolve_device, seed_everything
     from transferops.transfer import Strategy
 
@@ -155,7 +155,7 @@ def throughput(spec: ThroughputSpec, device_name: str = "auto", linear_probe: bo
         for _ in range(max(1, spec.repeats)):
             bare.append(_bare_step_img_s(model(), spec, device, spec.steps))
             stream = BatchStream(split, spec.batch_size, 0)
-            fit = Trainer(model(), Strategy(), cfg, {"labeled": stream}, split.head(0), device, 0).fit()
+            fit = Trainer(model(), Strategy(), cfg, {"labeled": stream}, split.head(0), TrainRun(0, device)).fit()
             warm = fit.timing[-1]  # the second epoch: the first warms up (compilation, autotuning, page cache)
             trained.append(warm["throughput_img_s"])
             gpu_peak = max(gpu_peak, warm.get("gpu_memory_peak_gb", 0.0))
@@ -180,7 +180,7 @@ def _linear_probe(spec: ThroughputSpec, split, device, make_model) -> dict[str, 
     """Seconds per epoch of a linear probe: the frozen backbone every step, or the head on cached features."""
     from transferops.config import LinearProbeConfig, TrainConfig
     from transferops.data.batches import BatchStream
-    from transferops.training.loop import Trainer
+    from transferops.training.loop import Trainer, TrainRun
     from transferops.transfer import TransferContext, get_strategy
 
     out = {}
@@ -202,7 +202,7 @@ def _linear_probe(spec: ThroughputSpec, split, device, make_model) -> dict[str, 
             select_best=False,
         )
         stream = BatchStream(data["labeled"], spec.batch_size, 0)
-        fit = Trainer(module, strategy, cfg, {"labeled": stream}, val, device, 0).fit()
+        fit = Trainer(module, strategy, cfg, {"labeled": stream}, val, TrainRun(0, device)).fit()
         key = "cached_features" if cached else "frozen_backbone"
         out[f"linear_probe_{key}_s_per_epoch"] = round(fit.timing[-1]["seconds"], 3)
         if cached:

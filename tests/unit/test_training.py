@@ -9,7 +9,7 @@ from transferops.data.batches import BatchStream, Prefetcher
 from transferops.errors import CheckpointError, TrainingError
 from transferops.models import create_model
 from transferops.models.inference import accuracy
-from transferops.training.loop import Trainer, load_resume_state, train
+from transferops.training.loop import Trainer, TrainRun, load_resume_state, train
 from transferops.training.seeding import seed_everything
 from transferops.training.state import LocalStateStore, state_location
 from transferops.transfer import Strategy
@@ -26,19 +26,8 @@ def _run(tmp_path, cfg=CFG, strategy=None, config_hash="h", restart=False, run_i
     data, val = random_split(48, 3), random_split(12, 3, seed=1)
     store = LocalStateStore(tmp_path / "state.pt")
     saved = load_resume_state(store, config_hash, restart)
-    fit = train(
-        model,
-        strategy or Strategy(),
-        cfg,
-        {"labeled": data},
-        val,
-        0,
-        CPU,
-        store,
-        config_hash,
-        resume_from=saved,
-        run_id=run_id,
-    )
+    run = TrainRun(0, CPU, store=store, config_hash=config_hash, run_id=run_id)
+    fit = train(model, strategy or Strategy(), cfg, {"labeled": data}, val, run, resume_from=saved)
     return model, fit
 
 
@@ -128,9 +117,8 @@ def test_missing_stream_is_named():
         streams = ("labeled", "source")
 
     with pytest.raises(TrainingError, match=r"needs data splits \['source'\]"):
-        Trainer(
-            model, NeedsSource(), CFG, {"labeled": BatchStream(random_split(8, 2), 4, 0)}, random_split(4, 2), CPU, 0
-        )
+        stream = BatchStream(random_split(8, 2), 4, 0)
+        Trainer(model, NeedsSource(), CFG, {"labeled": stream}, random_split(4, 2), TrainRun(0, CPU))
 
 
 def test_resume_continues_the_mlflow_run_and_counts_the_whole_training_time(tmp_path):

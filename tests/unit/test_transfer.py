@@ -20,7 +20,7 @@ from transferops.data.batches import BatchStream
 from transferops.errors import ConfigError
 from transferops.models import create_model
 from transferops.models.io import save_model
-from transferops.training.loop import Trainer
+from transferops.training.loop import Trainer, TrainRun
 from transferops.transfer import STRATEGIES, TransferContext, get_strategy
 from transferops.transfer.losses import (
     DomainDiscriminator,
@@ -47,7 +47,9 @@ def _train(model, strategy, streams=("labeled",), steps=6, lr=1e-2, epochs=1):
     cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps, lr=lr, batch_size=8, augment="none")
     data = random_split(40, 3)
     empty = data.head(0)
-    t = Trainer(model, strategy, cfg, {s: BatchStream(data, 8, 0, i) for i, s in enumerate(streams)}, empty, CPU, 0)
+    t = Trainer(
+        model, strategy, cfg, {s: BatchStream(data, 8, 0, i) for i, s in enumerate(streams)}, empty, TrainRun(0, CPU)
+    )
     t.fit()
     return t
 
@@ -107,8 +109,7 @@ def test_cached_features_equal_a_fresh_forward_pass_and_train_the_same_head():
         TrainConfig(epochs=1, steps_per_epoch=3, augment="none"),
         {"labeled": BatchStream(fdata["labeled"], 8, 0)},
         fval,
-        CPU,
-        0,
+        TrainRun(0, CPU),
     ).fit()
     assert not torch.equal(before, model.head.weight)
 
@@ -566,8 +567,8 @@ def test_trainer_keeps_the_epoch_a_selection_criterion_prefers():
     data = random_split(40, 3)
     cfg = TrainConfig(epochs=3, steps_per_epoch=3, lr=1e-2, batch_size=8, augment="none")
     t = Trainer(
-        model, strategy, cfg, {"labeled": BatchStream(data, 8, 0)}, data.head(0), CPU, 0,
-        epoch_end=epoch_end, select_on="target_score",
+        model, strategy, cfg, {"labeled": BatchStream(data, 8, 0)}, data.head(0),
+        TrainRun(0, CPU, epoch_end=epoch_end, select_on="target_score"),
     )  # fmt: skip
     result = t.fit()
     assert result.best_epoch == 2 and result.best_score == 0.9 and math.isnan(result.best_val_accuracy)

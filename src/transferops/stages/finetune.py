@@ -25,7 +25,7 @@ from transferops.stages.common import StageResult, start_stage, state_store, tra
 from transferops.tracking import NullTracker
 from transferops.training import distributed
 from transferops.training.distributed import SINGLE, Distributed
-from transferops.training.loop import FitResult, load_resume_state, train
+from transferops.training.loop import FitResult, TrainRun, load_resume_state, train
 from transferops.training.seeding import resolve_device
 from transferops.transfer import Strategy, TransferContext, get_strategy
 
@@ -148,24 +148,19 @@ def fit_on_target(
         # the whole model, also when only a part of it trains (a probe's head on cached features)
         return {k: v for hook in hooks for k, v in hook(model, epoch).items()}
 
-    return train(
-        module,
-        strategy,
-        budget,
-        data,
-        val,
+    run = TrainRun(
         cfg.base.seed,
         device,
+        desc,
         store,
         finetune_hash(cfg, manifest),
         log_metrics,
-        desc,
-        resume_from=saved,
         run_id=run_id,
         dist=dist,
         epoch_end=epoch_end if hooks else None,
         select_on=sel.select_on,
     )
+    return train(module, strategy, budget, data, val, run, resume_from=saved)
 
 
 def finetune_hash(cfg: Config, target_manifest: dict) -> str:

@@ -19,7 +19,7 @@ from transferops.stages.common import StageResult, start_stage, state_store, tra
 from transferops.stages.rank import applied_model
 from transferops.tracking import NullTracker
 from transferops.training import distributed
-from transferops.training.loop import load_resume_state, train
+from transferops.training.loop import TrainRun, load_resume_state, train
 from transferops.transfer import Strategy
 
 log = logging.getLogger(__name__)
@@ -45,22 +45,18 @@ def run(cfg: Config, tracker: NullTracker | None = None, restart: bool = False) 
     saved = load_resume_state(store, config_hash, restart)
     tags = {"transferops.source_version": manifest["version"]}
     with tracker.stage_run("pretrain", cfg, tags, resume_run_id=saved and saved.get("tracking_run_id")):
-        fit = train(
-            model,
-            Strategy(label_smoothing=cfg.pretrain.label_smoothing),
-            cfg.pretrain,
-            {"labeled": labeled},
-            val,
+        run = TrainRun(
             cfg.base.seed,
             device,
+            "pretrain",
             store,
             config_hash,
             tracker.log_metrics,
-            "pretrain",
-            resume_from=saved,
             run_id=tracker.run_id,
             dist=dist,
         )
+        strategy = Strategy(label_smoothing=cfg.pretrain.label_smoothing)
+        fit = train(model, strategy, cfg.pretrain, {"labeled": labeled}, val, run, resume_from=saved)
         metrics = {
             "source_val_accuracy": fit.selected_val_accuracy(cfg.pretrain.select_best),
             "best_epoch": fit.best_epoch,

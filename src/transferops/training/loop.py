@@ -103,6 +103,35 @@ class FitResult:
         return None if math.isnan(acc) else acc
 
 
+@dataclass(frozen=True)
+class TrainRun:
+    """Everything about one training run besides the model, the method, the budget and the data: its seed and
+    device, where it keeps its resumable state, where it reports, and how it chooses the epoch it keeps.
+
+    Args:
+        store: where the resumable training state lives; ``None`` disables checkpointing.
+        config_hash: identifies the config; a state saved under another hash is refused.
+        log_metrics: callback(metrics, step) (the MLflow tracker, or nothing).
+        desc: the run's name in logs and progress bars (``pretrain``, ``finetune``, ``baseline``).
+        run_id: the MLflow run of this training, saved with the state so a resume continues it.
+        dist: this process's place in a data-parallel job (DDP); rank 0 alone saves and logs.
+        epoch_end: callback(model, epoch) -> extra per-epoch metrics (e.g. a label-free selection criterion),
+            logged and kept in the history with the others.
+        select_on: the per-epoch metric the best epoch maximises (``val_accuracy``, or one ``epoch_end`` adds).
+    """
+
+    seed: int
+    device: torch.device
+    desc: str = "train"
+    store: StateStore | None = None
+    config_hash: str = ""
+    log_metrics: Callable[[dict[str, float], int], None] | None = None
+    run_id: str | None = None
+    dist: Distributed = SINGLE
+    epoch_end: Callable[[nn.Module, int], dict[str, float]] | None = None
+    select_on: str = "val_accuracy"
+
+
 FAULT_ENV = "TRANSFEROPS_FAULT_KILL_AT"
 """Fault injection for preemption tests: ``<desc>:<step>`` (e.g. ``finetune:9``) SIGKILLs the process after that
 step, but only in a run that started from scratch: the retry that resumes it runs to the end."""
@@ -145,19 +174,8 @@ class Trainer:
     """One training run of ``model`` with ``strategy``; see the module docstring.
 
     ``model`` is usually a :class:`TransferNet`; a strategy may train a smaller module instead (a linear
-    probe trains just the head on cached features).
-
-    Args:
-        streams: the batch streams the strategy asks for (``strategy.streams``).
-        val: split for model selection (may be empty: the last epoch is kept).
-        store: where the resumable training state lives; ``None`` disables checkpointing.
-        config_hash: identifies the config; a state saved under another hash is refused.
-        log_metrics: callback(metrics, step) (the MLflow tracker, or nothing).
-        run_id: the MLflow run of this training, saved with the state so a resume continues it.
-        dist: this process's place in a data-parallel job (DDP); rank 0 alone saves and logs.
-        epoch_end: callback(model, epoch) -> extra per-epoch metrics (e.g. a label-free selection criterion),
-            logged and kept in the history with the others.
-        select_on: the per-epoch metric the best epoch maximises (``val_accuracy``, or one ``epoch_end`` adds).
+    probe trains just the head on cached features). ``streams`` are the batch streams the strategy asks for
+    (``strategy.streams``); ``val`` the split for model selection (may be empty: the last epoch is kept).
     """
 
     def __init__(
@@ -167,17 +185,9 @@ class Trainer:
         cfg: TrainConfig,
         streams: dict[str, BatchStream],
         val: Split,
-        device: torch.device,
-        seed: int,
-        store: StateStore | None = None,
-        config_hash: str = "",
-        log_metrics: Callable[[dict[str, float], int], None] | None = None,
-        desc: str = "train",
-        run_id: str | None = None,
-        dist: Distributed = SINGLE,
-        epoch_end: Callable[[nn.Module, int], dict[str, float]] | None = None,
-        select_on: str = "val_accuracy",
+        run: TrainRun,
     ) -> None:
+        device, dist = run.device, run.dist
         missing = [s for s in strategy.streams if s not in streams]
         if missing:
             raise TrainingError(f"method {strategy.name!r} needs data splits {missing} that are empty or absent")
@@ -192,11 +202,11 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         if cfg.compile and hasattr(self.model, "backbone"):
             self.model.backbone.compile()  # in place: state-dict keys stay the same
-        self.streams, self.val, self.device, self.seed = streams, val, device, seed
-        self.store, self.config_hash, self.run_id = store, config_hash, run_id
-        self.log_metrics = (log_metrics if dist.is_main else None) or (lambda metrics, step: None)
-        self.desc = desc
-        self.epoch_end, self.select_on = epoch_end, select_on
+        self.streams, self.val, self.device, self.seed = streams, val, device, run.seed
+        self.store, self.config_hash, self.run_id = run.store, run.config_hash, run.run_id
+        self.log_metrics = (run.log_metrics if dist.is_main else None) or (lambda metrics, step: None)
+        self.desc = run.desc
+        self.epoch_end, self.select_on = run.epoch_end, run.select_on
         self.steps_per_epoch = cfg.steps_per_epoch or streams[strategy.streams[0]].steps_per_pass
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.optimizer, self.scheduler = build_optimizer(cfg, strategy.param_groups(model, cfg.lr), self.total_steps)
@@ -447,17 +457,8 @@ def train(
     cfg: TrainConfig,
     data: dict[str, Split],
     val: Split,
-    seed: int,
-    device: torch.device,
-    store: StateStore | None = None,
-    config_hash: str = "",
-    log_metrics: Callable[[dict[str, float], int], None] | None = None,
-    desc: str = "train",
+    run: TrainRun,
     resume_from: dict[str, Any] | None = None,
-    run_id: str | None = None,
-    dist: Distributed = SINGLE,
-    epoch_end: Callable[[nn.Module, int], dict[str, float]] | None = None,
-    select_on: str = "val_accuracy",
 ) -> FitResult:
     """Build batch streams for the splits the strategy needs, resume (from ``resume_from``, a state
     :func:`load_resume_state` returned) or start, and fit; the state is deleted once training finished.
@@ -465,31 +466,16 @@ def train(
     ``data`` maps stream names (``labeled``, ``source``, ``unlabeled``) to splits; empty splits are left out
     so a method that needs one fails with a message naming it.
     """
+    dist = run.dist
     streams = {
-        name: BatchStream(split, cfg.batch_size, seed, stream=i, rank=dist.rank, world=dist.world)
+        name: BatchStream(split, cfg.batch_size, run.seed, stream=i, rank=dist.rank, world=dist.world)
         for i, (name, split) in enumerate(data.items())
         if len(split) > 0
     }
-    trainer = Trainer(
-        model,
-        strategy,
-        cfg,
-        streams,
-        val,
-        device,
-        seed,
-        store,
-        config_hash,
-        log_metrics,
-        desc,
-        run_id,
-        dist,
-        epoch_end=epoch_end,
-        select_on=select_on,
-    )
+    trainer = Trainer(model, strategy, cfg, streams, val, run)
     trainer.resume(resume_from)
     result = trainer.fit()
     distributed.barrier(dist)  # every rank has finished before the state that could resume them goes
-    if store is not None and dist.is_main:  # finished: the next run starts afresh
-        store.delete()
+    if run.store is not None and dist.is_main:  # finished: the next run starts afresh
+        run.store.delete()
     return result
