@@ -149,6 +149,11 @@ class IngestConfig:
     extracting, and against the bytes really written while extracting)."""
     archive_max_entries: int = 5_000_000
     """A .zip/.tar dataset with more entries than this is refused before extracting."""
+    archive_max_ratio: float = 200.0
+    """A .zip entry (or a whole compressed .tar) that expands more than this many times its compressed size
+    is refused before extracting: a decompression bomb can stay under ``archive_max_gib`` and still fill a
+    disk. 200 is far above what image datasets reach (JPEG/PNG barely compress; raw bitmaps of photos by
+    under 10) and far below deflate's ~1000:1 on zeros. Entries expanding to under 1 MiB are not checked."""
     source: DatasetConfig = field(default_factory=lambda: DatasetConfig(split=SplitConfig(0.0, 30, None)))
     target: DatasetConfig = field(
         default_factory=lambda: DatasetConfig(kind="sklearn_digits", split=SplitConfig(0.3, 5, 1))
@@ -161,6 +166,7 @@ class IngestConfig:
         _check(self.shard_size > 0, "shard_size", "an int > 0", self.shard_size)
         _check(self.archive_max_gib > 0, "archive_max_gib", "a float > 0", self.archive_max_gib)
         _check(self.archive_max_entries > 0, "archive_max_entries", "an int > 0", self.archive_max_entries)
+        _check(self.archive_max_ratio >= 1, "archive_max_ratio", "a float >= 1", self.archive_max_ratio)
 
 
 @dataclass(frozen=True)
