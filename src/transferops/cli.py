@@ -350,12 +350,11 @@ def cmd_no_pipelines(args: argparse.Namespace) -> int:
 
 
 def _registry_client(args: argparse.Namespace):
-    import mlflow
+    """A client of the configured MLflow, through the tracker: bounded retries, and an unreachable server is one
+    line (``TrackingError``) instead of minutes of retries and a traceback."""
+    from transferops.tracking import MlflowTracker
 
-    from transferops.tracking import resolve_tracking_uri
-
-    mlflow.set_tracking_uri(resolve_tracking_uri(_config(args).mlflow))
-    return mlflow.MlflowClient()
+    return MlflowTracker(_config(args).mlflow).mlflow.MlflowClient()
 
 
 def cmd_registry(args: argparse.Namespace) -> int:

@@ -825,6 +825,8 @@ def _from_overrides(message: str, overrides: list[str]) -> bool:
 def read_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     """The parsed params file (the one place YAML is read); errors name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; expected a params file (e.g. params.yaml)")
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:

@@ -68,6 +68,7 @@ def test_counts_must_be_positive(capsys, flag):
 
 def test_params_file_and_set_mistakes(capsys, tmp_path):
     assert _error(capsys, "params", "--params", str(tmp_path / "nope.yaml")).endswith("params file not found")
+    assert "is a folder; expected a params file" in _error(capsys, "params", "--params", str(tmp_path))
     assert "expected section.key=value" in _error(capsys, "params", "--params", PARAMS, "--set", "finetune.epochs")
     msg = _error(capsys, "params", "--params", PARAMS, "--set", "base.device=gpu0")
     assert msg == "error: --set: base.device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu0'"
@@ -79,3 +80,11 @@ def test_a_bad_grid_point_is_refused_before_anything_is_queued(capsys):
         msg == "error: --grid finetune.optimizer=sgdd: finetune.optimizer: expected one of adamw, adam, sgd, got 'sgdd'"
     )
     assert "unknown key 'nope'" in _error(capsys, "sweep", "--params", PARAMS, "--grid", "nope.lr=1,2")
+
+
+def test_an_unreachable_registry_is_one_line_not_minutes_of_retries(capsys):
+    uri = "mlflow.tracking_uri=http://127.0.0.1:9"  # the discard port: connection refused
+    rc = main(["registry", "history", "--params", PARAMS, "--set", uri])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith("error: http://127.0.0.1:9: MLflow tracking server unreachable")
