@@ -24,11 +24,14 @@ class _Tracker:
     """The part of MlflowTracker the unchanged path uses, over a fake registry."""
 
     def __init__(self, client: FakeRegistryClient) -> None:
-        self.uri, self.parent = URI, {}
+        self.uri, self.parent, self.tags, self.run_id = URI, {}, {}, "run-2"
         self.mlflow = SimpleNamespace(MlflowClient=lambda: client)
 
     def log_to_parent(self, metrics=None, tags=None) -> None:
         self.parent.update({**(metrics or {}), **(tags or {})})
+
+    def set_tags(self, tags) -> None:
+        self.tags.update(tags)
 
 
 def _artifacts(tmp_path: Path, **registration_changes):
@@ -67,6 +70,7 @@ def _artifacts(tmp_path: Path, **registration_changes):
         "promoted": True,
         "reason": "accuracy 0.9 >= floor 0.5; no champion yet",
         "tracking_uri": URI,
+        "run_id": "run-1",
         "fingerprint": fp,
         **registration_changes,
     }
@@ -83,11 +87,17 @@ def test_the_same_model_already_registered_is_unchanged_and_the_summary_says_so(
     assert result.metrics == {"version": "1", "promoted": False, "unchanged": True}
     written = json.loads((paths.stage("register") / "registration.json").read_text())
     assert written["unchanged"] is True and written["promoted"] is False and written["fingerprint"]
+    assert written["registered_by"]["promoted"] is True and "no champion yet" in written["registered_by"]["reason"]
+    assert written["registered_by"]["run_id"] == "run-1"
     assert tracker.parent["transferops.registration"] == "unchanged" and tracker.parent["promoted"] == 0.0
+    assert tracker.tags["transferops.promoted"] == "false" and written["run_id"] == "run-2"
     text = summary_text(paths.stage("evaluate"), paths.stage("register"), "artifacts/", URI)
     assert "registration unchanged: this model is already version 1" in text
     assert "promoted to champion" not in text and "no champion yet" not in text
-    assert register.unchanged_registration(cfg, paths, tracker) is not None  # and a third run too
+    again = register.unchanged_registration(cfg, paths, tracker)  # and a third run too, keeping the first decision
+    register.write_unchanged(cfg, paths, again, tracker)
+    written = json.loads((paths.stage("register") / "registration.json").read_text())
+    assert written["registered_by"]["promoted"] is True and written["unchanged"] is True
 
 
 @pytest.mark.parametrize(

@@ -193,11 +193,19 @@ def write_unchanged(cfg: Config, paths: Paths, previous: dict[str, Any], tracker
     """Record that this run registered and promoted nothing: the model is already ``previous``'s version."""
     name, version = previous["model_name"], str(previous["version"])
     reason = f"unchanged: this model with these register settings is already version {version}"
-    registration = {**previous, "unchanged": True, "promoted": False, "reason": reason, "retried": False}
-    tracker.log_to_parent(
-        {"promoted": 0.0},
-        {"transferops.model_name": name, "transferops.model_version": version, "transferops.registration": "unchanged"},
-    )
+    registered = previous.get("registered_by") or {k: previous.get(k) for k in ("run_id", "promoted", "reason")}
+    registration = {
+        **previous,
+        "unchanged": True,
+        "promoted": False,
+        "reason": reason,
+        "retried": False,
+        "registered_by": registered,  # the run that registered the version, and what its gate decided
+        "run_id": tracker.run_id,
+    }
+    tags = {"transferops.model_name": name, "transferops.model_version": version}
+    tracker.log_to_parent({"promoted": 0.0}, {**tags, "transferops.registration": "unchanged"})
+    tracker.set_tags({**tags, "transferops.promoted": "false", "transferops.gate_reason": reason})
     try:
         lin = read_json(paths.stage("register") / "result.json").get("lineage", {})
     except FileNotFoundError:
@@ -206,7 +214,7 @@ def write_unchanged(cfg: Config, paths: Paths, previous: dict[str, Any], tracker
         "register",
         {"registration": str(paths.stage("register") / "registration.json")},
         {"version": version, "promoted": False, "unchanged": True},
-        None,
+        tracker.run_id,
         lin,
     )
     with staged_output(paths.stage("register")) as out:  # read everything first: this replaces the folder
@@ -428,7 +436,8 @@ def run(cfg: Config, tracker: MlflowTracker) -> StageResult:
     paths = Paths.from_config(cfg)
     previous = unchanged_registration(cfg, paths, tracker)
     if previous is not None:
-        return write_unchanged(cfg, paths, previous, tracker)
+        with tracker.stage_run("register", cfg) as t:  # the stage ran: its run says it changed nothing
+            return write_unchanged(cfg, paths, previous, t)
     start_stage(cfg)
     inputs = load_inputs(paths)
     name = model_name(cfg)
