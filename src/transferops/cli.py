@@ -288,7 +288,7 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     report = throughput(spec, args.device, linear_probe=args.linear_probe)
     print(throughput_markdown(report))
     if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        _write_report(args.out, report)
     if not args.no_mlflow:
         _log_benchmark("benchmark-throughput", report)
     return 0
@@ -308,8 +308,14 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
     report = data(args.images, args.size, args.folder, args.workers, args.width, args.epoch_steps, args.keep)
     print(data_markdown(report))
     if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        _write_report(args.out, report)
     return 0
+
+
+def _write_report(path: Path, report: dict) -> None:
+    """A benchmark's figures as JSON (the folder created, as ``--out`` promised)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _log_benchmark(name: str, report: dict) -> None:
