@@ -154,10 +154,15 @@ class IngestConfig:
     is refused before extracting: a decompression bomb can stay under ``archive_max_gib`` and still fill a
     disk. 200 is far above what image datasets reach (JPEG/PNG barely compress; raw bitmaps of photos by
     under 10) and far below deflate's ~1000:1 on zeros. Entries expanding to under 1 MiB are not checked."""
-    source: DatasetConfig = field(default_factory=lambda: DatasetConfig(split=SplitConfig(0.0, 30, None)))
-    target: DatasetConfig = field(
-        default_factory=lambda: DatasetConfig(kind="sklearn_digits", split=SplitConfig(0.3, 5, 1))
+    source: DatasetConfig = field(
+        default_factory=lambda: DatasetConfig(split=SplitConfig(test_fraction=0.0, val_per_class=30))
     )
+    """The labelled source domain: all of it trains (no test split), a larger val split picks the epoch."""
+    target: DatasetConfig = field(
+        default_factory=lambda: DatasetConfig(kind="sklearn_digits", split=SplitConfig(labels_per_class=1))
+    )
+    """The target domain: 1 labelled image per class by default, the low-label regime where transfer matters.
+    A partial ``target:`` section keeps these defaults for the keys it leaves out."""
 
     def __post_init__(self) -> None:
         _check(self.image_size == "auto" or self.image_size >= 8, "image_size", "auto or an int >= 8", self.image_size)
