@@ -65,7 +65,7 @@ bench-scale: $(STAMP)
 	$(BIN)/transferops benchmark throughput --no-mlflow
 	$(BIN)/transferops benchmark data --images 40000 --size 160
 
-## version the data with DVC on the remote configured in .dvc/config (see README: credentials from the environment)
+## version the data with DVC on the remote configured in .dvc/config (docs/mlflow-s3.md: credentials from the environment)
 data-push: $(STAMP)
 	$(BIN)/dvc push
 

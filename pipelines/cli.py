@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from transferops.cli import output_file
+
 ACTIONS = {
     "compile": "write the IR YAML (default pipelines/transfer_pipeline.yaml)",
     "run-local": "run the DAG with kfp.local in this environment, then print its summary",
@@ -26,7 +28,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     for action, text in ACTIONS.items():
         p = actions.add_parser(action, parents=[common], help=text, description=text)
         if action == "compile":
-            p.add_argument("--out", type=Path, default=None)
+            p.add_argument("--out", type=output_file(".yaml", ".yml"), default=None, help="the IR YAML to write")
         if action == "run-local":
             p.add_argument("--pipeline-root", type=Path, default=Path("artifacts/kfp-local"))
             p.add_argument("--cache", action="store_true", help="enable kfp.local caching")

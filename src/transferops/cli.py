@@ -12,11 +12,12 @@ import logging
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 from transferops import __version__
 from transferops.config import DEFAULT_PARAMS, Config, dump_config, load_config
-from transferops.errors import TransferopsError
+from transferops.errors import ConfigError, TransferopsError
 from transferops.stages.graph import GRAPH, gated
 
 log = logging.getLogger("transferops")
@@ -153,6 +154,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     points = sweep.expand(args.grid)
+    _check_points(args, points)
     log.info("sweep: %d points on %s", len(points), args.engine)
     if args.engine == "katib":
         return _sweep_katib(args, cfg, points)
@@ -195,6 +197,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         best = max(table, key=lambda r: r.get("accuracy") or 0)
         tracker.log_to_parent({"best_accuracy": best.get("accuracy")}, {"transferops.best_point": best["point"]})
     return 0
+
+
+def _check_points(args: argparse.Namespace, points: list[list[str]]) -> None:
+    """Validate every grid point's config before anything is queued or submitted."""
+    from transferops.config import config_from_dict, read_params
+
+    data = read_params(args.params)
+    core = [o for o in args.set if not o.startswith("kfp.")]  # kfp.* is the Kubeflow adapter's to check
+    for point in points:
+        try:
+            config_from_dict(data, [*core, *(o for o in point if not o.startswith("kfp."))])
+        except ConfigError as exc:
+            raise ConfigError(f"--grid {' '.join(point)}: {str(exc).removeprefix('--set: ')}") from None
 
 
 def _sweep_katib(args: argparse.Namespace, cfg: Config, points: list[list[str]]) -> int:
@@ -288,7 +303,7 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     report = throughput(spec, args.device, linear_probe=args.linear_probe)
     print(throughput_markdown(report))
     if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        _write_report(args.out, report)
     if not args.no_mlflow:
         _log_benchmark("benchmark-throughput", report)
     return 0
@@ -308,8 +323,14 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
     report = data(args.images, args.size, args.folder, args.workers, args.width, args.epoch_steps, args.keep)
     print(data_markdown(report))
     if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        _write_report(args.out, report)
     return 0
+
+
+def _write_report(path: Path, report: dict) -> None:
+    """A benchmark's figures as JSON (the folder created, as ``--out`` promised)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _log_benchmark(name: str, report: dict) -> None:
@@ -350,12 +371,11 @@ def cmd_no_pipelines(args: argparse.Namespace) -> int:
 
 
 def _registry_client(args: argparse.Namespace):
-    import mlflow
+    """A client of the configured MLflow, through the tracker: bounded retries, and an unreachable server is one
+    line (``TrackingError``) instead of minutes of retries and a traceback."""
+    from transferops.tracking import MlflowTracker
 
-    from transferops.tracking import resolve_tracking_uri
-
-    mlflow.set_tracking_uri(resolve_tracking_uri(_config(args).mlflow))
-    return mlflow.MlflowClient()
+    return MlflowTracker(_config(args).mlflow).mlflow.MlflowClient()
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
@@ -409,8 +429,50 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _writable(path: Path, what: str) -> None:
+    """Refuse an output path that cannot be written: an ancestor that is a file, or no write permission."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"{path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise argparse.ArgumentTypeError(f"{path}: cannot write the {what} ({parent} is not writable)")
+            return
+
+
+def output_file(*suffixes: str):
+    """An argparse type for an output file: not a folder, in a writable place, with one of ``suffixes``."""
+
+    def parse(text: str) -> Path:
+        path = Path(text)
+        if suffixes and not path.name.lower().endswith(suffixes):
+            raise argparse.ArgumentTypeError(f"{text}: expected a file name ending in {' or '.join(suffixes)}")
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: is a folder; expected a file name")
+        _writable(path, "file")
+        return path
+
+    return parse
+
+
+def output_dir(text: str) -> Path:
+    """An argparse type for an output folder (created when missing) in a writable place."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a file; expected a folder")
+    _writable(path / "x", "folder")
+    return path
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other error of the command line."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--params", default=DEFAULT_PARAMS, type=Path, help="params file (default: params.yaml)")
     common.add_argument(
         "--set",
@@ -421,9 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
-    parser = argparse.ArgumentParser(prog="transferops", description="Deep transfer learning pipeline.")
+    parser = Parser(prog="transferops", description="Deep transfer learning pipeline.")
     parser.add_argument("--version", action="version", version=f"transferops {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for stage in GRAPH:
         if stage.name == "rank":  # rank has options of its own (cmd_rank)
             continue
@@ -439,62 +501,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--force", action="store_true", help="re-run every stage (dvc repro --force)")
     p.set_defaults(func=cmd_run)
     bench = sub.add_parser("benchmark", help="benchmarks that print figures").add_subparsers(
-        dest="bench", required=True
+        dest="bench", required=True, metavar="BENCHMARK"
     )
     p = bench.add_parser("seeds", parents=[common], help="the pipeline over several seeds: accuracy, baselines, gain")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="report directory (default reports/)")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds (default 3)")
+    p.add_argument("--out", type=output_dir, default=Path("reports"), help="report directory (default reports/)")
     p.set_defaults(func=cmd_bench_seeds)
     p = bench.add_parser("methods", parents=[common], help="every transfer method on the same data and budget")
-    p.add_argument("--seeds", type=int, default=5, help="number of seeds (default 5)")
+    p.add_argument("--seeds", type=_positive_int, default=5, help="number of seeds (default 5)")
     p.add_argument("--methods", default="", help="comma-separated subset (default: all)")
     p.add_argument("--curve", default="", help="labels per class of the label-efficiency curve (default 0,1,2,5,10)")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="report directory (default reports/)")
+    p.add_argument("--out", type=output_dir, default=Path("reports"), help="report directory (default reports/)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the benchmark to MLflow")
     text = "run the unsupervised methods at k = 0 only (default: also at the default labels per class)"
     p.add_argument("--unsupervised-k0-only", action="store_true", help=text)
     p.set_defaults(func=cmd_bench_methods)
     p = bench.add_parser("throughput", help="the Trainer's images/s next to a bare training step, on this device")
     p.add_argument("--model", default="smallcnn")
-    p.add_argument("--image-size", type=int, default=28, help="side the network sees (default 28)")
+    p.add_argument("--image-size", type=_positive_int, default=28, help="side the network sees (default 28)")
     p.add_argument("--stored-size", type=int, default=0, help="side the shards store (default: image size)")
     p.add_argument("--channels", type=int, default=3, choices=(1, 3))
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--augment", default="affine", help="training augmentation policy (default affine)")
-    p.add_argument("--steps", type=int, default=50, help="timed steps per run (default 50)")
-    p.add_argument("--repeats", type=int, default=3, help="alternating runs of each; medians reported (default 3)")
+    p.add_argument("--steps", type=_positive_int, default=50, help="timed steps per run (default 50)")
+    text = "alternating runs of each; medians reported (default 3)"
+    p.add_argument("--repeats", type=_positive_int, default=3, help=text)
     p.add_argument("--width", type=int, default=32, help="smallcnn width")
     p.add_argument("--device", default="auto")
     p.add_argument("--linear-probe", action="store_true", help="also time a linear probe, cached vs not")
-    p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
+    p.add_argument("--out", type=output_file(".json"), default=None, help="also write the figures as JSON")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the figures to MLflow")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_bench_throughput)
     p = bench.add_parser("ranking", parents=[common], help="do transferability scores predict fine-tuned accuracy?")
-    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--seeds", type=_positive_int, default=2)
     p.add_argument("--candidates", default="", help="a subset of the built-in candidates (default: all)")
-    p.add_argument("--out", type=Path, default=Path("reports"))
+    p.add_argument("--out", type=output_dir, default=Path("reports"), help="report directory (default reports/)")
     p.set_defaults(func=cmd_bench_ranking)
     p = bench.add_parser("data", help="ingest and one epoch on an ImageFolder: images/s and peak memory")
-    p.add_argument("--images", type=int, default=40_000, help="JPEGs to generate (default 40,000)")
-    p.add_argument("--size", type=int, default=160, help="their side in px (default 160)")
+    p.add_argument("--images", type=_positive_int, default=40_000, help="JPEGs to generate (default 40,000)")
+    p.add_argument("--size", type=_positive_int, default=160, help="their side in px (default 160)")
     p.add_argument("--folder", type=Path, default=None, help="read this ImageFolder instead of generating one")
     p.add_argument("--workers", type=int, default=0, help="ingest processes (default: every CPU)")
     p.add_argument("--width", type=int, default=8, help="smallcnn width of the training epoch (default 8)")
     p.add_argument("--epoch-steps", type=int, default=0, help="cap the epoch (default: one full pass)")
-    p.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
-    p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
+    p.add_argument("--keep", type=output_dir, default=None, help="work in this folder and keep it")
+    p.add_argument("--out", type=output_file(".json"), default=None, help="also write the figures as JSON")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_bench_data)
     text = "the pipeline on generated targets of the kind a new user brings (colour, inverted, unseen font)"
     p = bench.add_parser("targets", parents=[common], help=text)
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds (default 3)")
     p.add_argument("--targets", default="", help="comma-separated subset (default: all)")
     p.add_argument("--methods", default="", help="other methods to score on the same source model (comma-separated)")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="report directory (default reports/)")
+    p.add_argument("--out", type=output_dir, default=Path("reports"), help="report directory (default reports/)")
     p.set_defaults(func=cmd_bench_targets)
     pipelines_cli = _pipelines_cli()
     if pipelines_cli is not None:
@@ -502,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         sub.add_parser("pipeline", help="the Kubeflow DAG (from a checkout)").set_defaults(func=cmd_no_pipelines)
     reg = sub.add_parser("registry", help="the model registry: alias history, promote, rollback")
-    reg = reg.add_subparsers(dest="action", required=True)
+    reg = reg.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (
         ("history", "every alias move (when, from, to, why, which run)"),
         ("promote", "point an alias (default champion) at a version"),
@@ -531,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model always runs on onnx; a checkpoint is exported on the fly)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (default 256)")
-    p.add_argument("--out", type=Path, default=None, help="CSV file to write (default: stdout)")
+    p.add_argument("--out", type=output_file(), default=None, help="CSV file to write (default: stdout)")
     p.add_argument(
         "inputs",
         nargs="+",
@@ -539,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="image files, folders (searched recursively), .zip/.tar archives, s3://bucket/prefix",
     )
     p.set_defaults(func=cmd_predict)
-    p = sub.add_parser("remote-stage", help=argparse.SUPPRESS, description="(inside a Kubeflow Trainer job)")
+    # no help=: a hidden subcommand (argparse would list help=SUPPRESS as "==SUPPRESS==")
+    p = sub.add_parser("remote-stage", description="(inside a Kubeflow Trainer job)")
     p.add_argument("stage", choices=("pretrain", "finetune"))
     p.add_argument("--staging", required=True, help="where the Kubeflow task staged params, inputs and outputs")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -547,7 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
     text = "rank candidate backbones by transferability (LogME, LEEP, NCE, H-score) on the labelled target images"
     p = sub.add_parser("rank", parents=[common], help=text, description=text)
     p.add_argument("--candidates", default="", help="comma-separated name or name@weights (default: rank.candidates)")
-    p.add_argument("--out", type=Path, default=None, help="also write the table as JSON here (e.g. reports/)")
+    text = "also write the table as JSON to this file (e.g. reports/ranking.json)"
+    p.add_argument("--out", type=output_file(".json"), default=None, help=text)
     p.set_defaults(func=cmd_rank)
     text = "write dvc.yaml from the declared stage graph (src/transferops/stages/graph.py)"
     p = sub.add_parser("dvc-yaml", help=text, description=text)
@@ -558,8 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", parents=[common], help=text, description=text)
     p.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2", help="e.g. finetune.lr=1e-3,3e-4")
     p.add_argument("--engine", default="dvc", choices=("dvc", "kfp-local", "kubeflow", "katib"))
-    p.add_argument("--jobs", type=int, default=1, help="DVC queue workers (default 1)")
-    p.add_argument("--pipeline-root", type=Path, default=Path("artifacts/kfp-local"))
+    p.add_argument("--jobs", type=_positive_int, default=1, help="DVC queue workers (default 1)")
+    p.add_argument("--pipeline-root", type=output_dir, default=Path("artifacts/kfp-local"))
     p.add_argument("--host", default="", help="KFP API endpoint (--engine kubeflow)")
     p.add_argument("--experiment", default="transferops")
     p.add_argument("--name", default="transferops-sweep", help="Katib Experiment name")

@@ -36,7 +36,7 @@ class BaseConfig:
     artifacts_dir: str = "artifacts"
     """Root of every stage's outputs (relative paths are taken from the working directory)."""
     device: str = "auto"
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (Apple GPUs)."""
     num_threads: int = 0
     """torch intra-op threads on CPU; 0 keeps torch's default (one per core)."""
     deterministic: bool = True
@@ -49,12 +49,16 @@ class BaseConfig:
 
     def __post_init__(self) -> None:
         _check(self.num_threads >= 0, "num_threads", "an int >= 0", self.num_threads)
-        _check(
-            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-            "base.device",
-            "auto, cpu, cuda or cuda:N",
-            self.device,
-        )
+        _check(_is_device(self.device), "device", "auto, cpu, cuda, cuda:N or mps", self.device)
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+"""Device names ``base.device`` takes as they are; ``cuda:N`` picks one GPU."""
+
+
+def _is_device(name: str) -> bool:
+    index = name.removeprefix("cuda:")
+    return name in DEVICES or (name.startswith("cuda:") and index.isdigit())
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,9 @@ class SplitConfig:
 
 
 DatasetKind = Literal["synthetic_digits", "sklearn_digits", "image_folder", "torchvision"]
+TorchvisionName = Literal["", "MNIST", "FashionMNIST", "USPS", "SVHN", "CIFAR10", "CIFAR100"]
+"""torchvision datasets ingest can read (``transferops.data.sources`` knows how to build each); empty for the
+other kinds."""
 AUGMENT_POLICIES = ("none", "affine", "crop_flip", "randaug", "photometric")
 """Augmentation policies (``transferops.data.augment`` implements each); ``train.augment`` joins them with +."""
 
@@ -94,14 +101,13 @@ class DatasetConfig:
     dataset by ``name`` under ``path``)."""
     path: str = ""
     """image_folder: folder, archive or s3:// URL. torchvision: the root the dataset was downloaded to."""
-    name: str = ""
+    name: TorchvisionName = ""
     """torchvision dataset name: MNIST, FashionMNIST, USPS, SVHN, CIFAR10, CIFAR100."""
     download: bool = False
     """torchvision: download into ``path`` when missing (needs a network)."""
     samples_per_class: int = 600
-    """synthetic_digits: images rendered per class. 600, not 300: with 300 the source model alone set the
-    benchmark's seed spread (CDAN, CORAL and MMD had a 5-seed std of 3.0-3.4 at k = 0); with 600, CORAL gave
-    75.5 +- 2.1, CDAN 85.7 +- 2.3, MMD 84.2 +- 2.3, DANN 78.2 +- 2.8 (README, methods)."""
+    """synthetic_digits: images rendered per class. Enough that the source model's own variance does not
+    dominate the seed spread of what is transferred (reports/methods-notes.md)."""
     fonts_dir: str = ""
     """synthetic_digits: empty = the faces bundled in matplotlib's pinned wheel plus Pillow's built-in font
     (the same bytes on every machine); a folder = every .ttf/.otf under it instead (machine-dependent)."""
@@ -143,10 +149,20 @@ class IngestConfig:
     extracting, and against the bytes really written while extracting)."""
     archive_max_entries: int = 5_000_000
     """A .zip/.tar dataset with more entries than this is refused before extracting."""
-    source: DatasetConfig = field(default_factory=lambda: DatasetConfig(split=SplitConfig(0.0, 30, None)))
-    target: DatasetConfig = field(
-        default_factory=lambda: DatasetConfig(kind="sklearn_digits", split=SplitConfig(0.3, 5, 1))
+    archive_max_ratio: float = 200.0
+    """A .zip entry (or a whole compressed .tar) that expands more than this many times its compressed size
+    is refused before extracting: a decompression bomb can stay under ``archive_max_gib`` and still fill a
+    disk. 200 is far above what image datasets reach (JPEG/PNG barely compress; raw bitmaps of photos by
+    under 10) and far below deflate's ~1000:1 on zeros. Entries expanding to under 1 MiB are not checked."""
+    source: DatasetConfig = field(
+        default_factory=lambda: DatasetConfig(split=SplitConfig(test_fraction=0.0, val_per_class=30))
     )
+    """The labelled source domain: all of it trains (no test split), a larger val split picks the epoch."""
+    target: DatasetConfig = field(
+        default_factory=lambda: DatasetConfig(kind="sklearn_digits", split=SplitConfig(labels_per_class=1))
+    )
+    """The target domain: 1 labelled image per class by default, the low-label regime where transfer matters.
+    A partial ``target:`` section keeps these defaults for the keys it leaves out."""
 
     def __post_init__(self) -> None:
         _check(self.image_size == "auto" or self.image_size >= 8, "image_size", "auto or an int >= 8", self.image_size)
@@ -155,6 +171,7 @@ class IngestConfig:
         _check(self.shard_size > 0, "shard_size", "an int > 0", self.shard_size)
         _check(self.archive_max_gib > 0, "archive_max_gib", "a float > 0", self.archive_max_gib)
         _check(self.archive_max_entries > 0, "archive_max_entries", "an int > 0", self.archive_max_entries)
+        _check(self.archive_max_ratio >= 1, "archive_max_ratio", "a float >= 1", self.archive_max_ratio)
 
 
 @dataclass(frozen=True)
@@ -182,6 +199,17 @@ class ModelConfig:
         _check(0.0 <= self.dropout < 1.0, "dropout", "a float in [0, 1)", self.dropout)
 
 
+Optimizer = Literal["adamw", "adam", "sgd"]
+"""Optimizers ``transferops.training.loop.OPTIMIZERS`` builds (a test keeps the two lists equal)."""
+Scheduler = Literal["cosine", "constant", "step"]
+"""Learning-rate schedules ``transferops.training.loop.SCHEDULES`` builds."""
+
+
+def _check_augment(key: str, value: str) -> None:
+    unknown = [p for p in value.split("+") if p not in AUGMENT_POLICIES]
+    _check(not unknown, key, f"policies among {', '.join(AUGMENT_POLICIES)} joined by +", value)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """An optimisation budget; shared by pretrain, finetune and the from-scratch baseline."""
@@ -193,9 +221,9 @@ class TrainConfig:
     tiny (few labels per class), otherwise an epoch is a single step."""
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    optimizer: str = "adamw"
+    optimizer: Optimizer = "adamw"
     """adamw, adam or sgd (momentum 0.9, nesterov)."""
-    scheduler: str = "cosine"
+    scheduler: Scheduler = "cosine"
     """cosine (with linear warm-up), constant or step."""
     warmup_steps: int = 0
     label_smoothing: float = 0.0
@@ -227,8 +255,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size"):
             _check(getattr(self, key) > 0, key, "an int > 0", getattr(self, key))
-        unknown = [p for p in self.augment.split("+") if p not in AUGMENT_POLICIES]
-        _check(not unknown, "augment", f"policies among {', '.join(AUGMENT_POLICIES)} joined by +", self.augment)
+        _check_augment("augment", self.augment)
         _check(self.log_every_steps > 0, "log_every_steps", "an int > 0", self.log_every_steps)
         for key in ("steps_per_epoch", "warmup_steps", "early_stopping_patience", "checkpoint_every_steps", "prefetch"):
             _check(getattr(self, key) >= 0, key, "an int >= 0", getattr(self, key))
@@ -357,17 +384,10 @@ class DANNConfig(AdaptationConfig):
     schedule_gamma: float = 10.0
     """GRL coefficient lambda(p) = 2 / (1 + exp(-gamma p)) - 1 over training progress p."""
     discriminator_lr_mult: float = 1.0
-    discriminator_norm: str = "none"
-    """``none`` | ``batch``: BatchNorm in the discriminator's hidden layers. Its batch mixes both domains, so
-    its statistics tell the domains apart on top of the features. Measured on the embedded default (5 seeds,
-    k = 0): DANN 83.2 +- 4.4 with ``batch``, 81.8 +- 3.0 with ``none``; the training curves with ``none`` rise
-    steadily where ``batch`` swings by up to 16 points between epochs."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(
-            self.discriminator_norm in ("none", "batch"), "discriminator_norm", "none or batch", self.discriminator_norm
-        )
+    discriminator_norm: Literal["none", "batch"] = "none"
+    """BatchNorm (``batch``) or none in the discriminator's hidden layers. Its batch mixes both domains, so
+    its statistics tell the domains apart on top of the features; without it DANN's training curves rise
+    steadily instead of swinging between epochs (reports/methods-notes.md)."""
 
 
 @dataclass(frozen=True)
@@ -375,8 +395,7 @@ class MMDConfig(AdaptationConfig):
     """DAN: multi-kernel maximum mean discrepancy between source and target features."""
 
     trade_off: float = 2.0
-    """Measured on the embedded default (5 seeds, k = 0): 84.7 +- 3.0 at 2.0; 83.5 +- 3.9 at 1.0 in the
-    methods benchmark before it."""
+    """Weight of the MMD term (chosen on the embedded default: reports/methods-notes.md)."""
     kernel_multipliers: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
     """Gaussian kernel bandwidths as multiples of the batch's mean squared distance."""
 
@@ -393,13 +412,12 @@ class MCCConfig(AdaptationConfig):
     """Minimum class confusion on unlabelled target predictions."""
 
     trade_off: float = 2.0
-    """With 600 source images per class (5 seeds, k = 0): 95.7 +- 1.2 at 2.0 (temperature 3.5); 94.0 +- 4.5 at
-    3.0, where seed 4 stayed at 86.1 from the first epoch on: its source model calls most handwritten 7s 3s,
-    and a strong confusion term confirms that confident mistake instead of correcting it. The paper's 1.0
-    (temperature 2.5) gave 95.2 +- 1.1."""
+    """Weight of the class-confusion term. Not higher: when the source model makes a confident systematic
+    mistake (e.g. calls most handwritten 7s 3s), a strong confusion term confirms it instead of correcting it
+    (reports/methods-notes.md)."""
     temperature: float = 3.5
-    """Softmax temperature of the predictions whose class confusion is minimised. With 300 source images per
-    class and ``trade_off`` 3.0: 95.4 +- 2.2 at 3.5; 94.8 +- 1.8 at the paper's 2.5."""
+    """Softmax temperature of the predictions whose class confusion is minimised (softer than the paper's
+    2.5: reports/methods-notes.md)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -410,9 +428,9 @@ class MCCConfig(AdaptationConfig):
 class CDANConfig(DANNConfig):
     """Conditional adversarial: the discriminator sees the multilinear map of features and predictions."""
 
-    discriminator_norm: str = "batch"
-    """As for DANN, but here ``batch`` measured steadier (5 seeds, k = 0): 85.4 +- 2.6 against 85.2 +- 4.0 with
-    ``none``."""
+    discriminator_norm: Literal["none", "batch"] = "batch"
+    """As for DANN, but CDAN's conditioning on predictions keeps ``batch`` steadier across seeds here
+    (reports/methods-notes.md)."""
     entropy_conditioning: bool = True
     """CDAN+E: weight each example's domain loss by 1 + exp(-entropy of its prediction) (confident examples,
     whose conditioning is meaningful, count more)."""
@@ -451,8 +469,7 @@ class FixMatchConfig(MethodConfig):
     threshold: float = 0.8
     """Confidence a weak-view prediction needs to become a pseudo-label. Lower than the paper's 0.95: here the
     first pseudo-labels come from a source model on a shifted target, which is rarely that confident even where
-    it is right. Measured on the embedded default (5 seeds, k = 1): 91.5 +- 4.8 at 0.8; 85.8 +- 7.4 at 0.95
-    in the earlier methods benchmark (fine-tuning: 81.4 +- 4.8)."""
+    it is right (reports/methods-notes.md)."""
     unlabeled_weight: float = 1.0
     """Weight (lambda_u) of the pseudo-label loss."""
     strong_augment: str = "randaug+photometric"
@@ -462,16 +479,19 @@ class FixMatchConfig(MethodConfig):
     def __post_init__(self) -> None:
         _check(0 < self.threshold < 1, "threshold", "a float in (0, 1)", self.threshold)
         _check(self.unlabeled_weight >= 0, "unlabeled_weight", "a float >= 0", self.unlabeled_weight)
-        unknown = [p for p in self.strong_augment.split("+") if p not in AUGMENT_POLICIES]
-        _check(not unknown, "strong_augment", f"policies among {', '.join(AUGMENT_POLICIES)} joined by +", unknown)
+        _check_augment("strong_augment", self.strong_augment)
 
 
 SELECTION_CRITERIA = ("snd",)
-"""Label-free model-selection criteria (``transferops.evaluation.selection``): ``finetune.select`` may name one."""
-
-RENAMED_METHODS = {"finetune": "full_finetune"}
-"""Old method names: a params file that still uses one gets a message naming the new one."""
-RENAMED_KEYS = {"finetune.finetune": "finetune.full_finetune"}
+"""Label-free model-selection criteria (``transferops.evaluation.selection.CRITERIA``)."""
+Select = Literal["last", "val", "snd"]
+"""What ``finetune.select`` may name: the last epoch, the best target val accuracy, or a label-free criterion."""
+MethodName = Literal[
+    "cdan", "coral", "dann", "fixmatch", "full_finetune", "joint", "kd", "l2sp", "linear_probe", "mcc", "mmd", "shot"
+]
+"""Transfer methods: each has a typed sub-section in ``finetune`` and a strategy of the same name in
+``transferops.transfer`` (written out here because the strategies import torch and this module; a test keeps
+the three lists equal)."""
 
 
 @dataclass(frozen=True)
@@ -481,7 +501,7 @@ class FinetuneConfig(TrainConfig):
     epochs: int = 6
     steps_per_epoch: int = 25
     lr: float = 1e-3
-    method: str = "full_finetune"
+    method: MethodName = "full_finetune"
     """The transfer method; its settings are the sub-section of the same name below."""
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     full_finetune: FinetuneMethodConfig = field(default_factory=FinetuneMethodConfig)
@@ -495,7 +515,7 @@ class FinetuneConfig(TrainConfig):
     cdan: CDANConfig = field(default_factory=CDANConfig)
     shot: SHOTConfig = field(default_factory=SHOTConfig)
     fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)
-    select: str = "val"
+    select: Select = "val"
     """Which epoch's weights are kept. ``val``: the best labelled target val accuracy when the target has
     labelled training images; with none (k = 0) no target label may be read, so the last epoch. ``last``: the
     last epoch. ``snd``: the best soft neighbourhood density of the predictions on the unlabelled target
@@ -503,14 +523,7 @@ class FinetuneConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        choices = ("last", "val", *SELECTION_CRITERIA)
-        _check(self.select in choices, "select", f"one of {', '.join(choices)}", self.select)
-        if not self.select_best:
-            raise ConfigError("select_best: finetune.select_best is replaced by finetune.select (last | val | snd)")
-        methods = method_names()
-        if self.method in RENAMED_METHODS:
-            raise ConfigError(f"method: {self.method!r} was renamed {RENAMED_METHODS[self.method]!r}")
-        _check(self.method in methods, "method", f"one of {', '.join(methods)}", self.method)
+        _check(self.select_best, "select_best", "true (finetune keeps the epoch that `select` names)", False)
 
     @property
     def method_config(self) -> MethodConfig:
@@ -647,19 +660,20 @@ def _check(ok: bool, key: str, expected: str, got: Any) -> None:
 
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+        return "one of " + ", ".join(str(a) if a != "" else '""' for a in typing.get_args(tp))
     if isinstance(tp, type):
         return tp.__name__
     return str(tp).replace("typing.", "")
 
 
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and convert it (nested dataclasses included)."""
+def _coerce(tp: Any, value: Any, key: str, default: Any = None) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert it (nested dataclasses included: a partial
+    section is merged onto ``default``, the enclosing section's default for it)."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping (section), got {value!r}")
-        return _build(tp, value, key)
+        return _build(tp, value, key, default if isinstance(default, tp) else None)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -716,19 +730,32 @@ def build_section(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return _build(cls, data, prefix)
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
+    """``cls`` from ``data``; keys not in ``data`` keep their value in ``base`` (the enclosing section's default
+    for this one), else the class default. So ``ingest.target: {kind: image_folder, path: x}`` keeps the
+    target's own split (1 label per class), not :class:`SplitConfig`'s."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
     for key in data:
         if key not in names:
             where = f"{prefix}.{key}" if prefix else key
-            if where in RENAMED_KEYS:
-                raise ConfigError(f"{where}: renamed {RENAMED_KEYS[where]} (the method is now called full_finetune)")
             raise ConfigError(f"unknown key {where!r} (expected one of: {', '.join(names)})")
     kwargs = {}
-    for name in names:
-        if name in data:
-            kwargs[name] = _coerce(hints[name], data[name], f"{prefix}.{name}" if prefix else name)
+    for f in fields:
+        default = getattr(base, f.name) if base is not None else None
+        if f.name in data:
+            if default is None and dataclasses.is_dataclass(hints[f.name]):
+                default = _field_default(f)
+            kwargs[f.name] = _coerce(hints[f.name], data[f.name], f"{prefix}.{f.name}" if prefix else f.name, default)
+        elif base is not None:
+            kwargs[f.name] = default
     try:
         return cls(**kwargs)
     except ConfigError as exc:
@@ -803,6 +830,8 @@ def _from_overrides(message: str, overrides: list[str]) -> bool:
 def read_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     """The parsed params file (the one place YAML is read); errors name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; expected a params file (e.g. params.yaml)")
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:

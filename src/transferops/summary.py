@@ -34,6 +34,16 @@ def _live_aliases(tracking_uri: str, name: str, version: str) -> list[str] | Non
         return None
 
 
+def _gate(r: dict[str, Any]) -> str:
+    """What this run's registration did: unchanged (the model was already registered), or the gate's decision."""
+    reason = r["reason"].split("; WARNING")[0]
+    if r.get("unchanged"):
+        return f"registration unchanged: this model is already version {r['version']}; nothing registered or moved"
+    if r.get("retried"):
+        return f"registration unchanged: this model is already version {r['version']} (recorded then: {reason})"
+    return f"{'promoted to champion' if r['promoted'] else 'not promoted'}: {reason}"
+
+
 def summary_text(evaluate_dir: Path, register_dir: Path, outputs: str, tracking_uri: str) -> str:
     """The summary of the run whose evaluate and register outputs are in these folders."""
     try:
@@ -64,8 +74,7 @@ def summary_text(evaluate_dir: Path, register_dir: Path, outputs: str, tracking_
             f"  transfer gain         {'   n/a' if gain is None else f'{100 * gain:+5.1f}'} points",
             *([f"  WARNING               {m['negative_transfer']}"] if m.get("negative_transfer") else []),
             f"  registered model      {registered}",
-            f"  gate                  {'promoted to champion' if r['promoted'] else 'not promoted'}: "
-            f"{r['reason'].split('; WARNING')[0]}",
+            f"  gate                  {_gate(r)}",
             f"  outputs               {outputs}",
             f"  MLflow UI             {ui}",
             "",

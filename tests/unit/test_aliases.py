@@ -12,7 +12,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from transferops.registry import aliases
-from transferops.registry.aliases import EVENT_PREFIX, LEGACY_EVENT_PREFIX, history, move_alias
+from transferops.registry.aliases import history, move_alias
 
 
 class Registry:
@@ -86,12 +86,3 @@ def test_other_alias_errors_are_not_retried():
 
     with pytest.raises(MlflowException, match="not found"):
         move_alias(Missing(), "m", "champion", "9", "x")
-
-
-def test_legacy_json_events_sort_in_with_readable_ones():
-    reg = Registry()
-    reg.tags[f"{LEGACY_EVENT_PREFIX}1000"] = '{"alias": "champion", "to_version": "1"}'
-    reg.tags[f"{LEGACY_EVENT_PREFIX}3000"] = '{"alias": "champion", "to_version": "3"}'
-    readable = "champion: v1 -> v2 (promote) | better | run - | 2026-11-23T00:00:00Z"
-    reg.tags[f"{EVENT_PREFIX}{2000:020d}.9f86d081"] = readable
-    assert [e["to_version"] for e in history(reg, "m")] == ["1", "2", "3"]

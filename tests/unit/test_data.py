@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transferops.config import DatasetConfig, IngestConfig, SplitConfig
+from transferops.config import DatasetConfig, IngestConfig, SplitConfig, config_from_dict
 from transferops.data import archive, sources
 from transferops.data.shards import (
     MappedShard,
@@ -25,7 +25,7 @@ from transferops.data.shards import (
 )
 from transferops.data.sources import ArraySource, load_all, open_source
 from transferops.data.synthetic import BUNDLED_FACES, bundled_fonts, render_digits
-from transferops.errors import DataError
+from transferops.errors import ConfigError, DataError
 
 
 def read_dataset(spec: DatasetConfig, size: int, channels: int, seed: int = 0) -> SimpleNamespace:
@@ -312,8 +312,61 @@ def test_a_lying_header_cannot_write_past_what_it_declared_nor_past_the_cap(tmp_
     dest2 = tmp_path / "out2"
     dest2.mkdir()
     with pytest.raises(DataError, match="expands past ingest.archive_max_gib"):
-        archive.safe_extract(bomb, dest2, archive.Limits(20 << 20, 1000))
+        archive.safe_extract(bomb, dest2, archive.Limits(20 << 20, 1000, max_ratio=float("inf")))
     assert _written(dest2) <= 20 << 20
+
+
+def test_zip_bomb_under_the_size_cap_is_refused_by_its_ratio_before_writing(tmp_path):
+    zpath = tmp_path / "zeros.zip"
+    with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("cls/ok.png", bytes(range(256)) * 4)  # a normal entry first: nothing of it is written either
+    _zeros_zip(tmp_path / "bomb.zip", 32 << 20)
+    with zipfile.ZipFile(tmp_path / "bomb.zip") as src, zipfile.ZipFile(zpath, "a") as zf:
+        zf.writestr(src.infolist()[0], src.read("cls/0.png"), compress_type=zipfile.ZIP_DEFLATED)
+    assert zpath.stat().st_size < 1 << 20  # 32 MiB of zeros, far under the 64 MiB size cap
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(DataError) as e:
+        archive.safe_extract(zpath, dest, LIMITS)
+    msg = str(e.value)
+    assert "entry 'cls/0.png' expands" in msg and "over ingest.archive_max_ratio=200" in msg and "\n" not in msg
+    assert _written(dest) == 0 and list(dest.iterdir()) == []
+    # the same archive passes with a cap above its ratio (the check is the ratio, not the zeros)
+    ok = archive.safe_extract(zpath, tmp_path / "ok", archive.Limits(64 << 20, 1000, max_ratio=1e6))
+    assert _written(ok) == (32 << 20) + 1024
+
+
+def test_tar_gz_bomb_under_the_size_cap_is_refused_by_its_ratio_before_writing(tmp_path):
+    import io
+
+    tpath = tmp_path / "zeros.tar.gz"
+    with tarfile.open(tpath, "w:gz") as tf:
+        info = tarfile.TarInfo("cls/zeros.png")
+        info.size = 32 << 20
+        tf.addfile(info, io.BufferedReader(io.BytesIO(b"\0" * info.size)))
+    assert tpath.stat().st_size < 1 << 20
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(DataError, match=r"the archive expands [\d,]+:1 .* over ingest.archive_max_ratio=200"):
+        archive.safe_extract(tpath, dest, LIMITS)
+    assert _written(dest) == 0
+
+
+def test_small_or_ordinary_entries_pass_the_ratio_cap(tmp_path):
+    zpath = tmp_path / "small.zip"
+    with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("cls/blank.txt", b"\0" * (512 << 10))  # ~1000:1, but under 1 MiB: not ratio-checked
+        zf.writestr("cls/noise.bin", np.random.default_rng(0).bytes(2 << 20))  # ~1:1
+    out = archive.safe_extract(zpath, tmp_path / "out", LIMITS)
+    assert _written(out) == (512 << 10) + (2 << 20)
+
+
+def test_archive_max_ratio_is_read_from_params():
+    ing = config_from_dict({}, ["ingest.archive_max_ratio=50"]).ingest
+    assert archive.Limits.from_config(ing).max_ratio == 50.0
+    assert archive.Limits.from_config(IngestConfig()).max_ratio == 200.0
+    with pytest.raises(ConfigError, match="ingest.archive_max_ratio: expected a float >= 1, got 0.5"):
+        config_from_dict({}, ["ingest.archive_max_ratio=0.5"])
 
 
 def _write_idx(path: Path, arr: np.ndarray) -> None:

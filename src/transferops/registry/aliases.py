@@ -11,14 +11,12 @@ model's tags as ``transferops.event.<time_ns>.<pid>``, one readable line per eve
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
 from typing import Any
 
 EVENT_PREFIX = "transferops.event."
-LEGACY_EVENT_PREFIX = "transferops.alias_event."
 CHAMPION_SEEN_TAG = "transferops.champion_seen"
 """The champion version a candidate's gate was decided against ("none" when there was none)."""
 
@@ -71,13 +69,7 @@ def history(client, name: str) -> list[dict[str, Any]]:
 
 
 def _events(tags: dict[str, str]) -> list[dict[str, Any]]:
-    events = []
-    for key, value in tags.items():
-        if key.startswith(EVENT_PREFIX):
-            events.append((key[len(EVENT_PREFIX) :], _parse(value)))
-        elif key.startswith(LEGACY_EVENT_PREFIX):  # JSON events written before the readable format
-            stamp = key[len(LEGACY_EVENT_PREFIX) :].partition(".")[0]
-            events.append((f"{int(stamp):020d}", json.loads(value)))
+    events = [(key[len(EVENT_PREFIX) :], _parse(value)) for key, value in tags.items() if key.startswith(EVENT_PREFIX)]
     return [e for _, e in sorted(events, key=lambda item: item[0])]
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from transferops.config import Config, dump_config
 from transferops.training.checkpoint import atomic_write_text
-from transferops.training.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +135,8 @@ def write_trained_model(
 def start_stage(cfg: Config) -> None:
     """Seed and configure torch for a stage (called at the top of every ``run``)."""
     import torch
+
+    from transferops.training.seeding import seed_everything
 
     seed_everything(cfg.base.seed, cfg.base.deterministic)
     if cfg.base.num_threads:

@@ -6,7 +6,10 @@ accuracy is the one ``evaluate`` measured for this exact checkpoint (checked by 
 labels and data versions come from the checkpoint's lineage.
 
 Steps: :func:`load_inputs` -> :func:`make_candidate` -> ``register_candidate`` (logs the model only when a
-version is created) -> :func:`write_outputs`.
+version is created) -> :func:`write_outputs`. When this exact model was already registered with the same
+``register`` settings by the last run in this artifacts folder, and the registry still holds that version,
+:func:`unchanged_registration` ends the stage first, without loading torch or the model: a second
+``make run`` costs what talking to MLflow costs, nothing more.
 
 Output (``artifacts/register``): ``registration.json`` (model name, version or none, aliases, promoted,
 reason) and ``result.json``.
@@ -17,20 +20,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from transferops.config import Config
-from transferops.data.batches import iterate
 from transferops.data.shards import Split, load_split, read_manifest
 from transferops.errors import CheckpointError, TrackingError
 from transferops.lineage import file_sha256, lineage
-from transferops.models import TransferNet
-from transferops.models.io import load_model
 from transferops.paths import Paths
 from transferops.registry.gate import (
+    FINGERPRINT_TAG,
     Candidate,
     GateDecision,
     GatePolicy,
@@ -52,12 +52,16 @@ from transferops.stages.common import (
 from transferops.tracking import MlflowTracker
 from transferops.tracking.tracker import safe_uri
 
+if TYPE_CHECKING:
+    from transferops.models import TransferNet
+
 log = logging.getLogger(__name__)
 
 
 def pip_requirements() -> list[str]:
     """What serving the model needs (explicit: skips MLflow's slow inference of requirements)."""
     import mlflow
+    import torch
     import torchvision
 
     return [
@@ -75,6 +79,9 @@ def score_uri(model_uri: str, test: Split) -> float:
     is called as is.
     """
     import mlflow.pytorch
+    import torch
+
+    from transferops.data.batches import iterate
 
     model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     with torch.no_grad():
@@ -102,6 +109,8 @@ def load_inputs(paths: Paths) -> RegisterInputs:
     Metrics of another checkpoint (evaluate not re-run after finetune) are refused: the gate would compare
     the wrong model's accuracy.
     """
+    from transferops.models.io import load_model
+
     model, ckpt = load_model(paths.target_model)
     sha = file_sha256(paths.target_model)
     evaluate_dir = paths.stage("evaluate")
@@ -137,12 +146,89 @@ def make_candidate(cfg: Config, inputs: RegisterInputs, pipeline_run_id: str | N
     tags = {f"transferops.{k}": str(v) for k, v in lin.items() if v is not None}
     if inputs.metrics.get("negative_transfer"):
         tags["transferops.negative_transfer"] = inputs.metrics["negative_transfer"]
-    fingerprint = f"{inputs.model_sha256[:32]}-{cfg.section_hash('register')}"
-    return Candidate(task, float(inputs.metrics["accuracy"]), fingerprint, tags), lin
+    return Candidate(task, float(inputs.metrics["accuracy"]), fingerprint(cfg, inputs.model_sha256), tags), lin
+
+
+def fingerprint(cfg: Config, model_sha256: str) -> str:
+    """Identifies a registration: this model file under these ``register`` settings."""
+    return f"{model_sha256[:32]}-{cfg.section_hash('register')}"
+
+
+def unchanged_registration(cfg: Config, paths: Paths, tracker: MlflowTracker) -> dict[str, Any] | None:
+    """The last registration in this artifacts folder when it holds nothing new to do, else None.
+
+    Nothing is new when ``registration.json`` registered a version of this same model file (sha256) with the
+    same ``register`` settings, in the same MLflow, evaluate measured this same file, and the registry still
+    holds that version with that fingerprint (a wiped or other registry registers again). Reads no model and
+    imports no torch.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        previous = read_json(paths.stage("register") / "registration.json")
+        evaluated = read_json(paths.stage("evaluate") / "result.json")["lineage"].get("model_sha256")
+        sha = file_sha256(paths.target_model)
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+    name, version = previous.get("model_name"), previous.get("version")
+    same = (
+        version is not None
+        and evaluated == sha
+        and previous.get("fingerprint") == fingerprint(cfg, sha)
+        and name == model_name(cfg)
+        and previous.get("tracking_uri") == safe_uri(tracker.uri)
+    )
+    if not same:
+        return None
+    try:
+        mv = tracker.mlflow.MlflowClient().get_model_version(name, str(version))
+    except MlflowException:
+        return None
+    if mv.tags.get(FINGERPRINT_TAG) != previous["fingerprint"]:
+        return None
+    return {**previous, "aliases": sorted(mv.aliases)}
+
+
+def write_unchanged(cfg: Config, paths: Paths, previous: dict[str, Any], tracker: MlflowTracker) -> StageResult:
+    """Record that this run registered and promoted nothing: the model is already ``previous``'s version."""
+    name, version = previous["model_name"], str(previous["version"])
+    reason = f"unchanged: this model with these register settings is already version {version}"
+    registered = previous.get("registered_by") or {k: previous.get(k) for k in ("run_id", "promoted", "reason")}
+    registration = {
+        **previous,
+        "unchanged": True,
+        "promoted": False,
+        "reason": reason,
+        "retried": False,
+        "registered_by": registered,  # the run that registered the version, and what its gate decided
+        "run_id": tracker.run_id,
+    }
+    tags = {"transferops.model_name": name, "transferops.model_version": version}
+    tracker.log_to_parent({"promoted": 0.0}, {**tags, "transferops.registration": "unchanged"})
+    tracker.set_tags({**tags, "transferops.promoted": "false", "transferops.gate_reason": reason})
+    try:
+        lin = read_json(paths.stage("register") / "result.json").get("lineage", {})
+    except FileNotFoundError:
+        lin = {}
+    result = StageResult(
+        "register",
+        {"registration": str(paths.stage("register") / "registration.json")},
+        {"version": version, "promoted": False, "unchanged": True},
+        tracker.run_id,
+        lin,
+    )
+    with staged_output(paths.stage("register")) as out:  # read everything first: this replaces the folder
+        write_json(out / "registration.json", registration)
+        save_resolved_config(cfg, out)
+        write_json(out / "result.json", result.to_file())
+    log.info("register: %s version %s, aliases %s: %s", name, version, registration["aliases"], reason)
+    return result
 
 
 def _eval_images(inputs: RegisterInputs, n: int) -> np.ndarray:
     """The first ``n`` test images as the network sees them (float32, centre-cropped to its input size)."""
+    import torch
+
     from transferops.data.augment import eval_transform
 
     x = torch.from_numpy(np.asarray(inputs.test.images[:n])).float() / 255.0
@@ -153,6 +239,7 @@ def log_model(inputs: RegisterInputs, tracker: MlflowTracker, check_images: int 
     """Log the model (torch flavour, signature, input example, explicit requirements), its checkpoint, and its
     ONNX export, checked against PyTorch on the test images: an export that disagrees vetoes promotion."""
     import mlflow.pytorch
+    import torch
     from mlflow.models import infer_signature
 
     from transferops.models.export import log_onnx
@@ -301,11 +388,17 @@ def write_outputs(
     tracker: MlflowTracker,
     lin: dict[str, Any],
     metrics: dict[str, Any],
+    fingerprint: str | None = None,
 ) -> StageResult:
     """``registration.json``, ``result.json`` and the register run's tags and metrics (the gate's reason with
     evaluate's negative-transfer warning, if any)."""
     outcome = replace(outcome, decision=with_warnings(outcome.decision, metrics))
-    registration = {**outcome_dict(name, outcome), "tracking_uri": safe_uri(tracker.uri), "run_id": tracker.run_id}
+    registration = {
+        **outcome_dict(name, outcome),
+        "tracking_uri": safe_uri(tracker.uri),
+        "run_id": tracker.run_id,
+        "fingerprint": fingerprint,
+    }
     d = outcome.decision
     tracker.log_metrics({"candidate_accuracy": d.candidate_accuracy})
     tracker.log_to_parent(
@@ -340,8 +433,12 @@ def run(cfg: Config, tracker: MlflowTracker) -> StageResult:
         raise TrackingError("register: needs an MLflow tracker (the model registry lives in MLflow)")
     import mlflow
 
-    start_stage(cfg)
     paths = Paths.from_config(cfg)
+    previous = unchanged_registration(cfg, paths, tracker)
+    if previous is not None:
+        with tracker.stage_run("register", cfg) as t:  # the stage ran: its run says it changed nothing
+            return write_unchanged(cfg, paths, previous, t)
+    start_stage(cfg)
     inputs = load_inputs(paths)
     name = model_name(cfg)
     candidate, lin = make_candidate(cfg, inputs, tracker.parent_run_id)
@@ -358,7 +455,7 @@ def run(cfg: Config, tracker: MlflowTracker) -> StageResult:
             run_id=t.run_id,
         )
         stage_lin = lineage(cfg, model_sha256=inputs.model_sha256, model_lineage=lin)
-        result = write_outputs(cfg, paths, name, outcome, t, stage_lin, inputs.metrics)
+        result = write_outputs(cfg, paths, name, outcome, t, stage_lin, inputs.metrics, candidate.fingerprint)
     d = with_warnings(outcome.decision, inputs.metrics)
     log.info(
         "register: %s %s: %s (%s)",

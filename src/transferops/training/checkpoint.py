@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from transferops.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "transferops.checkpoint/1"
 
@@ -43,11 +44,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Atomically save a dict of tensors and plain data."""
+    import torch  # here, not at import: the atomic writers serve stages that never load torch
+
     atomic_write_bytes(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; missing or truncated files give a one-line error."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
