@@ -51,7 +51,7 @@ class Schema:
     def errors(self, obj: Any) -> list[str]:
         """Every way ``obj`` breaks the schema, one ``<path>: <what>`` line each (empty: it is stored as sent)."""
         out: list[str] = []
-        self._check(obj, self.root, "", out, root=True)
+        self.check_value(obj, self.root, "", out, root=True)
         return out
 
     def prune(self, obj: Any) -> tuple[Any, list[str]]:
@@ -75,7 +75,7 @@ class Schema:
             return None, True
         return None, False
 
-    def _check(self, value: Any, node: Mapping[str, Any], path: str, out: list[str], root: bool = False) -> None:
+    def check_value(self, value: Any, node: Mapping[str, Any], path: str, out: list[str], root: bool = False) -> None:
         node = self.resolve(node)
         where = path or "<root>"
         if not self._type_ok(value, node):
@@ -104,7 +104,7 @@ class Schema:
                 if not declared:
                     out.append(f"{child_path}: not declared by the schema (the server drops it)")
                 elif child is not None:
-                    self._check(item, child, child_path, out)
+                    self.check_value(item, child, child_path, out)
         if isinstance(value, list):
             if len(value) > node.get("maxItems", len(value)) or len(value) < node.get("minItems", 0):
                 out.append(f"{where}: {len(value)} items outside [{node.get('minItems', 0)}, {node.get('maxItems')}]")
@@ -115,7 +115,7 @@ class Schema:
                     out.append(f"{where}: list-map keys {keys} repeat")
             if "items" in node:
                 for i, item in enumerate(value):
-                    self._check(item, node["items"], f"{path}[{i}]", out)
+                    self.check_value(item, node["items"], f"{path}[{i}]", out)
 
     def _type_ok(self, value: Any, node: dict) -> bool:
         if node.get("x-kubernetes-int-or-string"):

@@ -170,10 +170,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 raise TransferopsError("--set with --engine dvc: put base settings in params.yaml (DVC tracks it)")
             table = sweep.run_dvc(cfg, points, args.jobs, tracker)
         else:
-            cli = _pipelines_cli()
-            if cli is None:
-                raise TransferopsError("pipelines/ not found: Kubeflow sweeps run from the transferops checkout")
-            from pipelines import transfer_pipeline as p
+            p = _adapter("transfer_pipeline")
 
             pipeline = p.build_sweep_pipeline(args.params, list(args.set), points)
             if args.engine == "kubeflow":
@@ -354,20 +351,53 @@ def cmd_bench_targets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pipelines_cli():
-    """The ``pipelines`` package of the checkout this CLI runs in (the Kubeflow adapter), or None."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (root / "pipelines" / "cli.py").is_file():
-            if str(root) not in sys.path:
-                sys.path.insert(0, str(root))
-            from pipelines import cli
-
-            return cli
-    return None
+PIPELINE_ACTIONS = {
+    "compile": "write the IR YAML (default pipelines/transfer_pipeline.yaml)",
+    "run-local": "run the DAG with kfp.local in this environment, then print its summary",
+    "submit": "compile and start a run on a KFP server (kfp.Client)",
+    "schedule": "compile and create a recurring run on a KFP server",
+    "doctor": "check the cluster: CRDs and versions, the service account's permissions, the secrets",
+}
 
 
-def cmd_no_pipelines(args: argparse.Namespace) -> int:
-    raise TransferopsError("pipelines/ not found: `transferops pipeline` runs from the transferops checkout")
+def _adapter(module: str):
+    """A module of the Kubeflow adapter, ``pipelines/`` (installed with the package from a checkout)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"pipelines.{module}")
+    except ImportError as exc:
+        raise TransferopsError(
+            f"the Kubeflow adapter (pipelines/) cannot be imported ({exc}): install transferops from its checkout"
+        ) from exc
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    return _adapter("cli").run(args)
+
+
+def add_pipeline_parser(sub, common: argparse.ArgumentParser) -> None:
+    """``transferops pipeline <action>``: arguments here, behaviour in ``pipelines/cli.py`` (imported when run)."""
+    pipe = sub.add_parser("pipeline", help="the Kubeflow Pipelines DAG: compile, run-local, submit, schedule, doctor")
+    actions = pipe.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in PIPELINE_ACTIONS.items():
+        p = actions.add_parser(action, parents=[common], help=text, description=text)
+        p.set_defaults(func=cmd_pipeline)
+        if action == "compile":
+            p.add_argument("--out", type=output_file(".yaml", ".yml"), default=None, help="the IR YAML to write")
+        if action == "run-local":
+            p.add_argument("--pipeline-root", type=Path, default=Path("artifacts/kfp-local"))
+            p.add_argument("--cache", action="store_true", help="enable kfp.local caching")
+        if action in ("submit", "schedule"):
+            p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+            p.add_argument("--experiment", default="transferops")
+        if action == "schedule":
+            p.add_argument("--cron", default=None, help='6-field cron, seconds first (default kfp.cron: "0 0 3 * * *")')
+        if action == "doctor":
+            text = "check as this service account of kfp.namespace (impersonated), e.g. transferops"
+            p.add_argument("--service-account", default="", help=text)
+            text = "skip what this cluster does not use: trainer (no kfp.distributed), katib (no Katib sweeps)"
+            p.add_argument("--without", nargs="+", default=[], choices=("trainer", "katib"), help=text)
 
 
 def _registry_client(args: argparse.Namespace):
@@ -559,11 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="", help="other methods to score on the same source model (comma-separated)")
     p.add_argument("--out", type=output_dir, default=Path("reports"), help="report directory (default reports/)")
     p.set_defaults(func=cmd_bench_targets)
-    pipelines_cli = _pipelines_cli()
-    if pipelines_cli is not None:
-        pipelines_cli.add_parser(sub, common)
-    else:
-        sub.add_parser("pipeline", help="the Kubeflow DAG (from a checkout)").set_defaults(func=cmd_no_pipelines)
+    add_pipeline_parser(sub, common)
     reg = sub.add_parser("registry", help="the model registry: alias history, promote, rollback")
     reg = reg.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (

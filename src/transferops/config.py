@@ -48,8 +48,8 @@ class BaseConfig:
     state of the pod it replaces: states are keyed by pipeline run and stage."""
 
     def __post_init__(self) -> None:
-        _check(self.num_threads >= 0, "num_threads", "an int >= 0", self.num_threads)
-        _check(_is_device(self.device), "device", "auto, cpu, cuda, cuda:N or mps", self.device)
+        check_value(self.num_threads >= 0, "num_threads", "an int >= 0", self.num_threads)
+        check_value(_is_device(self.device), "device", "auto, cpu, cuda, cuda:N or mps", self.device)
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -73,9 +73,9 @@ class SplitConfig:
     """Labelled training images per class; null = all that remain. The rest becomes the ``unlabeled`` split."""
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.test_fraction < 1.0, "test_fraction", "a float in [0, 1)", self.test_fraction)
-        _check(self.val_per_class >= 0, "val_per_class", "an int >= 0", self.val_per_class)
-        _check(
+        check_value(0.0 <= self.test_fraction < 1.0, "test_fraction", "a float in [0, 1)", self.test_fraction)
+        check_value(self.val_per_class >= 0, "val_per_class", "an int >= 0", self.val_per_class)
+        check_value(
             self.labels_per_class is None or self.labels_per_class >= 0,
             "labels_per_class",
             "null or an int >= 0",
@@ -116,11 +116,11 @@ class DatasetConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
 
     def __post_init__(self) -> None:
-        _check(self.samples_per_class > 0, "samples_per_class", "an int > 0", self.samples_per_class)
-        _check(self.max_per_class >= 0, "max_per_class", "an int >= 0", self.max_per_class)
+        check_value(self.samples_per_class > 0, "samples_per_class", "an int > 0", self.samples_per_class)
+        check_value(self.max_per_class >= 0, "max_per_class", "an int >= 0", self.max_per_class)
         needs_path = self.kind in ("image_folder", "torchvision")
-        _check(not needs_path or bool(self.path), "path", f"a path for kind={self.kind}", self.path)
-        _check(self.kind != "torchvision" or bool(self.name), "name", "a torchvision dataset name", self.name)
+        check_value(not needs_path or bool(self.path), "path", f"a path for kind={self.kind}", self.path)
+        check_value(self.kind != "torchvision" or bool(self.name), "name", "a torchvision dataset name", self.name)
 
 
 @dataclass(frozen=True)
@@ -165,13 +165,15 @@ class IngestConfig:
     A partial ``target:`` section keeps these defaults for the keys it leaves out."""
 
     def __post_init__(self) -> None:
-        _check(self.image_size == "auto" or self.image_size >= 8, "image_size", "auto or an int >= 8", self.image_size)
-        _check(self.channels in (1, 3, "auto"), "channels", "auto, 1 or 3", self.channels)
-        _check(self.workers >= 0, "workers", "an int >= 0", self.workers)
-        _check(self.shard_size > 0, "shard_size", "an int > 0", self.shard_size)
-        _check(self.archive_max_gib > 0, "archive_max_gib", "a float > 0", self.archive_max_gib)
-        _check(self.archive_max_entries > 0, "archive_max_entries", "an int > 0", self.archive_max_entries)
-        _check(self.archive_max_ratio >= 1, "archive_max_ratio", "a float >= 1", self.archive_max_ratio)
+        check_value(
+            self.image_size == "auto" or self.image_size >= 8, "image_size", "auto or an int >= 8", self.image_size
+        )
+        check_value(self.channels in (1, 3, "auto"), "channels", "auto, 1 or 3", self.channels)
+        check_value(self.workers >= 0, "workers", "an int >= 0", self.workers)
+        check_value(self.shard_size > 0, "shard_size", "an int > 0", self.shard_size)
+        check_value(self.archive_max_gib > 0, "archive_max_gib", "a float > 0", self.archive_max_gib)
+        check_value(self.archive_max_entries > 0, "archive_max_entries", "an int > 0", self.archive_max_entries)
+        check_value(self.archive_max_ratio >= 1, "archive_max_ratio", "a float >= 1", self.archive_max_ratio)
 
 
 @dataclass(frozen=True)
@@ -194,9 +196,9 @@ class ModelConfig:
     """smallcnn: BatchNorm, or GroupNorm (independent of the batch: small per-GPU batches, exact DDP)."""
 
     def __post_init__(self) -> None:
-        _check(self.width > 0, "width", "an int > 0", self.width)
-        _check(self.input_size >= 0, "input_size", "an int >= 0", self.input_size)
-        _check(0.0 <= self.dropout < 1.0, "dropout", "a float in [0, 1)", self.dropout)
+        check_value(self.width > 0, "width", "an int > 0", self.width)
+        check_value(self.input_size >= 0, "input_size", "an int >= 0", self.input_size)
+        check_value(0.0 <= self.dropout < 1.0, "dropout", "a float in [0, 1)", self.dropout)
 
 
 Optimizer = Literal["adamw", "adam", "sgd"]
@@ -207,7 +209,7 @@ Scheduler = Literal["cosine", "constant", "step"]
 
 def _check_augment(key: str, value: str) -> None:
     unknown = [p for p in value.split("+") if p not in AUGMENT_POLICIES]
-    _check(not unknown, key, f"policies among {', '.join(AUGMENT_POLICIES)} joined by +", value)
+    check_value(not unknown, key, f"policies among {', '.join(AUGMENT_POLICIES)} joined by +", value)
 
 
 @dataclass(frozen=True)
@@ -254,14 +256,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size"):
-            _check(getattr(self, key) > 0, key, "an int > 0", getattr(self, key))
+            check_value(getattr(self, key) > 0, key, "an int > 0", getattr(self, key))
         _check_augment("augment", self.augment)
-        _check(self.log_every_steps > 0, "log_every_steps", "an int > 0", self.log_every_steps)
+        check_value(self.log_every_steps > 0, "log_every_steps", "an int > 0", self.log_every_steps)
         for key in ("steps_per_epoch", "warmup_steps", "early_stopping_patience", "checkpoint_every_steps", "prefetch"):
-            _check(getattr(self, key) >= 0, key, "an int >= 0", getattr(self, key))
-        _check(self.lr > 0, "lr", "a float > 0", self.lr)
-        _check(self.weight_decay >= 0, "weight_decay", "a float >= 0", self.weight_decay)
-        _check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "a float in [0, 1)", self.label_smoothing)
+            check_value(getattr(self, key) >= 0, key, "an int >= 0", getattr(self, key))
+        check_value(self.lr > 0, "lr", "a float > 0", self.lr)
+        check_value(self.weight_decay >= 0, "weight_decay", "a float >= 0", self.weight_decay)
+        check_value(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "a float in [0, 1)", self.label_smoothing)
 
     def budget(self, **changes: Any) -> TrainConfig:
         """The training budget alone (a plain :class:`TrainConfig`), with ``changes`` applied."""
@@ -312,10 +314,10 @@ class FinetuneMethodConfig(MethodConfig):
     epochs (0 = off)."""
 
     def __post_init__(self) -> None:
-        _check(self.backbone_lr_mult >= 0, "backbone_lr_mult", "a float >= 0", self.backbone_lr_mult)
-        _check(0 < self.layer_decay <= 1, "layer_decay", "a float in (0, 1]", self.layer_decay)
-        _check(self.freeze_stages >= 0, "freeze_stages", "an int >= 0", self.freeze_stages)
-        _check(self.unfreeze_every >= 0, "unfreeze_every", "an int >= 0", self.unfreeze_every)
+        check_value(self.backbone_lr_mult >= 0, "backbone_lr_mult", "a float >= 0", self.backbone_lr_mult)
+        check_value(0 < self.layer_decay <= 1, "layer_decay", "a float in (0, 1]", self.layer_decay)
+        check_value(self.freeze_stages >= 0, "freeze_stages", "an int >= 0", self.freeze_stages)
+        check_value(self.unfreeze_every >= 0, "unfreeze_every", "an int >= 0", self.unfreeze_every)
 
 
 @dataclass(frozen=True)
@@ -330,7 +332,7 @@ class L2SPConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         for key in ("alpha", "beta", "backbone_lr_mult"):
-            _check(getattr(self, key) >= 0, key, "a float >= 0", getattr(self, key))
+            check_value(getattr(self, key) >= 0, key, "a float >= 0", getattr(self, key))
 
 
 @dataclass(frozen=True)
@@ -347,8 +349,8 @@ class KDConfig(MethodConfig):
     """Also distil on unlabelled target images (the teacher labels them softly)."""
 
     def __post_init__(self) -> None:
-        _check(self.alpha >= 0, "alpha", "a float >= 0", self.alpha)
-        _check(self.temperature > 0, "temperature", "a float > 0", self.temperature)
+        check_value(self.alpha >= 0, "alpha", "a float >= 0", self.alpha)
+        check_value(self.temperature > 0, "temperature", "a float > 0", self.temperature)
 
 
 @dataclass(frozen=True)
@@ -358,7 +360,7 @@ class JointConfig(MethodConfig):
     alpha: float = 0.5
 
     def __post_init__(self) -> None:
-        _check(0 <= self.alpha <= 1, "alpha", "a float in [0, 1]", self.alpha)
+        check_value(0 <= self.alpha <= 1, "alpha", "a float in [0, 1]", self.alpha)
 
 
 @dataclass(frozen=True)
@@ -371,8 +373,8 @@ class AdaptationConfig(MethodConfig):
     """Weight of the cross-entropy on labelled target images, when there are any."""
 
     def __post_init__(self) -> None:
-        _check(self.trade_off >= 0, "trade_off", "a float >= 0", self.trade_off)
-        _check(self.target_weight >= 0, "target_weight", "a float >= 0", self.target_weight)
+        check_value(self.trade_off >= 0, "trade_off", "a float >= 0", self.trade_off)
+        check_value(self.target_weight >= 0, "target_weight", "a float >= 0", self.target_weight)
 
 
 @dataclass(frozen=True)
@@ -421,7 +423,7 @@ class MCCConfig(AdaptationConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.temperature > 0, "temperature", "a float > 0", self.temperature)
+        check_value(self.temperature > 0, "temperature", "a float > 0", self.temperature)
 
 
 @dataclass(frozen=True)
@@ -440,7 +442,7 @@ class CDANConfig(DANNConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.randomized_dim > 0, "randomized_dim", "an int > 0", self.randomized_dim)
+        check_value(self.randomized_dim > 0, "randomized_dim", "an int > 0", self.randomized_dim)
 
 
 @dataclass(frozen=True)
@@ -458,7 +460,7 @@ class SHOTConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         for key in ("diversity_weight", "pseudo_label_weight", "target_weight"):
-            _check(getattr(self, key) >= 0, key, "a float >= 0", getattr(self, key))
+            check_value(getattr(self, key) >= 0, key, "a float >= 0", getattr(self, key))
 
 
 @dataclass(frozen=True)
@@ -477,8 +479,8 @@ class FixMatchConfig(MethodConfig):
     which is ``finetune.augment``."""
 
     def __post_init__(self) -> None:
-        _check(0 < self.threshold < 1, "threshold", "a float in (0, 1)", self.threshold)
-        _check(self.unlabeled_weight >= 0, "unlabeled_weight", "a float >= 0", self.unlabeled_weight)
+        check_value(0 < self.threshold < 1, "threshold", "a float in (0, 1)", self.threshold)
+        check_value(self.unlabeled_weight >= 0, "unlabeled_weight", "a float >= 0", self.unlabeled_weight)
         _check_augment("strong_augment", self.strong_augment)
 
 
@@ -523,7 +525,7 @@ class FinetuneConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.select_best, "select_best", "true (finetune keeps the epoch that `select` names)", False)
+        check_value(self.select_best, "select_best", "true (finetune keeps the epoch that `select` names)", False)
 
     @property
     def method_config(self) -> MethodConfig:
@@ -553,7 +555,7 @@ class EvaluateConfig:
     """Score the source model with its source head (only when both domains share their class names)."""
 
     def __post_init__(self) -> None:
-        _check(self.ece_bins > 0, "ece_bins", "an int > 0", self.ece_bins)
+        check_value(self.ece_bins > 0, "ece_bins", "an int > 0", self.ece_bins)
 
 
 @dataclass(frozen=True)
@@ -572,8 +574,8 @@ class RegisterConfig:
     a negative value tolerates a small drop (e.g. -0.01), a positive one demands a real improvement."""
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.min_accuracy <= 1.0, "min_accuracy", "a float in [0, 1]", self.min_accuracy)
-        _check(-1.0 <= self.min_delta <= 1.0, "min_delta", "a float in [-1, 1]", self.min_delta)
+        check_value(0.0 <= self.min_accuracy <= 1.0, "min_accuracy", "a float in [0, 1]", self.min_accuracy)
+        check_value(-1.0 <= self.min_delta <= 1.0, "min_delta", "a float in [-1, 1]", self.min_delta)
 
 
 @dataclass(frozen=True)
@@ -604,8 +606,8 @@ class ScheduleConfig:
     """Target images per side (reference and new) the shift is measured on."""
 
     def __post_init__(self) -> None:
-        _check(0.5 <= self.shift_auc <= 1.0, "shift_auc", "a float in [0.5, 1]", self.shift_auc)
-        _check(self.sample >= 20, "sample", "an int >= 20", self.sample)
+        check_value(0.5 <= self.shift_auc <= 1.0, "shift_auc", "a float in [0.5, 1]", self.shift_auc)
+        check_value(self.sample >= 20, "sample", "an int >= 20", self.sample)
 
 
 @dataclass(frozen=True)
@@ -653,7 +655,8 @@ class Config:
 
 
 # --------------------------------------------------------------------------------------------- parsing
-def _check(ok: bool, key: str, expected: str, got: Any) -> None:
+def check_value(ok: bool, key: str, expected: str, got: Any) -> None:
+    """Refuse a value with the one-line error every section uses (``key: expected ..., got ...``)."""
     if not ok:
         raise ConfigError(f"{key}: expected {expected}, got {got!r}")
 

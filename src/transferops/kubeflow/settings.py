@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from transferops.config import DEFAULT_PARAMS, _check, apply_overrides, build_section, read_params
+from transferops.config import DEFAULT_PARAMS, apply_overrides, build_section, check_value, read_params
 from transferops.errors import ConfigError
 
 
@@ -29,9 +29,9 @@ class DistributedConfig:
     """The task fails when the TrainJob has not finished after this long."""
 
     def __post_init__(self) -> None:
-        _check(self.nodes >= 0, "nodes", "an int >= 0", self.nodes)
-        _check(self.gpus_per_node >= 1, "gpus_per_node", "an int >= 1", self.gpus_per_node)
-        _check(self.timeout_hours > 0, "timeout_hours", "a float > 0", self.timeout_hours)
+        check_value(self.nodes >= 0, "nodes", "an int >= 0", self.nodes)
+        check_value(self.gpus_per_node >= 1, "gpus_per_node", "an int >= 1", self.gpus_per_node)
+        check_value(self.timeout_hours > 0, "timeout_hours", "a float > 0", self.timeout_hours)
 
     @property
     def enabled(self) -> bool:
@@ -51,8 +51,8 @@ class EarlyStoppingConfig:
     """Reports of the objective a trial makes before it is compared."""
 
     def __post_init__(self) -> None:
-        _check(self.min_trials_required >= 1, "min_trials_required", "an int >= 1", self.min_trials_required)
-        _check(self.start_step >= 1, "start_step", "an int >= 1", self.start_step)
+        check_value(self.min_trials_required >= 1, "min_trials_required", "an int >= 1", self.min_trials_required)
+        check_value(self.start_step >= 1, "start_step", "an int >= 1", self.start_step)
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class KatibConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
     def __post_init__(self) -> None:
-        _check(self.max_failed_trials >= 0, "max_failed_trials", "an int >= 0", self.max_failed_trials)
+        check_value(self.max_failed_trials >= 0, "max_failed_trials", "an int >= 0", self.max_failed_trials)
 
 
 @dataclass(frozen=True)
@@ -140,11 +140,11 @@ class KfpConfig:
     katib: KatibConfig = field(default_factory=KatibConfig)
 
     def __post_init__(self) -> None:
-        _check(self.retries >= 0, "retries", "an int >= 0", self.retries)
-        _check(bool(self.namespace), "namespace", "a Kubernetes namespace", self.namespace)
-        _check(len(self.cron.split()) == 6, "cron", "a 6-field cron expression (seconds first)", self.cron)
-        _check(self.max_concurrency >= 1, "max_concurrency", "an int >= 1", self.max_concurrency)
-        _check(self.sweep_parallelism >= 1, "sweep_parallelism", "an int >= 1", self.sweep_parallelism)
+        check_value(self.retries >= 0, "retries", "an int >= 0", self.retries)
+        check_value(bool(self.namespace), "namespace", "a Kubernetes namespace", self.namespace)
+        check_value(len(self.cron.split()) == 6, "cron", "a 6-field cron expression (seconds first)", self.cron)
+        check_value(self.max_concurrency >= 1, "max_concurrency", "an int >= 1", self.max_concurrency)
+        check_value(self.sweep_parallelism >= 1, "sweep_parallelism", "an int >= 1", self.sweep_parallelism)
 
 
 def kfp_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> KfpConfig:

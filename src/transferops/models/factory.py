@@ -154,7 +154,7 @@ def torchvision_backbone(name: str, in_channels: int, weights: str) -> tuple[nn.
     if name not in tvm.list_models(module=tvm):
         raise ConfigError(f"model.name: unknown model {name!r} (expected smallcnn or a torchvision classifier)")
     model = tvm.get_model(name, weights=None)
-    if weights not in ("", "none") and not _is_path(weights):
+    if weights not in ("", "none") and not is_weights_path(weights):
         model.load_state_dict(_torchvision_state_dict(weights))
     head_name, head = _last_linear(model)
     feature_dim = head.in_features
@@ -163,7 +163,8 @@ def torchvision_backbone(name: str, in_channels: int, weights: str) -> tuple[nn.
     return model, feature_dim, _torchvision_stages(model)
 
 
-def _is_path(weights: str) -> bool:
+def is_weights_path(weights: str) -> bool:
+    """Whether ``model.weights`` names a checkpoint file (rather than none or a torchvision weights enum)."""
     return weights.endswith((".pt", ".pth", ".ckpt")) or "/" in weights
 
 
@@ -223,7 +224,7 @@ def create_model(
         mean = IMAGENET_MEAN if in_channels == 3 else (sum(IMAGENET_MEAN) / 3,)
         std = IMAGENET_STD if in_channels == 3 else (sum(IMAGENET_STD) / 3,)
     model = TransferNet(backbone, dim, num_classes, stages, mean, std, dropout, input_size)
-    if _is_path(weights):
+    if is_weights_path(weights):
         from transferops.training.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(Path(weights))

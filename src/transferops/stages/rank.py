@@ -39,9 +39,9 @@ def parse_candidate(text: str, default: ModelConfig) -> ModelConfig:
 def load_candidate(m: ModelConfig, num_classes: int, in_channels: int):
     """The candidate network, and whether its head predicts classes of its own (a trained source head)."""
     from transferops.models import model_from_config
-    from transferops.models.factory import _is_path
+    from transferops.models.factory import is_weights_path
 
-    if _is_path(m.weights):
+    if is_weights_path(m.weights):
         from transferops.models.io import load_model
 
         model, _ = load_model(Path(m.weights))
