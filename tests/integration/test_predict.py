@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.unit.helpers import brightness_images, brightness_model
 from transferops.config import config_from_dict
-from transferops.predict import CSV_HEADER
+from transferops.serving.predict import CSV_HEADER
 
 CLASSES = ["dark", "mid", "bright"]
 
@@ -49,8 +49,8 @@ def one_line_error(r: subprocess.CompletedProcess, *names: str, stdout: str = ""
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A checkpoint, its .onnx export, and 9 PNGs (3 per brightness band) in a nested folder, a zip and a tar."""
-    from transferops.models.export import export_onnx
     from transferops.models.io import save_model
+    from transferops.serving.onnx_export import export_onnx
 
     root = tmp_path_factory.mktemp("predict")
     model = brightness_model()

@@ -155,7 +155,7 @@ def log_model(inputs: RegisterInputs, tracker: MlflowTracker, check_images: int 
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
-    from transferops.models.export import log_onnx
+    from transferops.serving.onnx_export import log_onnx
 
     images = _eval_images(inputs, check_images)
     example = images[:4]
