@@ -567,11 +567,17 @@ class RegisterConfig:
     int8_max_drop: float = 0.01
     """Largest test-accuracy loss (fraction: 0.01 = 1 point) of the INT8 ONNX export against fp32 for it to ship
     with the version; a version whose INT8 export loses more ships fp32 only, and its model card says why."""
+    int8_min_agreement: float = 0.99
+    """Smallest share of test images on which the INT8 export predicts the fp32 export's class for it to ship: an
+    export can keep the accuracy while changing many answers (a weak model's close calls)."""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.min_accuracy <= 1.0, "min_accuracy", "a float in [0, 1]", self.min_accuracy)
         _check(-1.0 <= self.min_delta <= 1.0, "min_delta", "a float in [-1, 1]", self.min_delta)
         _check(0.0 <= self.int8_max_drop <= 1.0, "int8_max_drop", "a float in [0, 1]", self.int8_max_drop)
+        _check(
+            0.0 <= self.int8_min_agreement <= 1.0, "int8_min_agreement", "a float in [0, 1]", self.int8_min_agreement
+        )
 
 
 @dataclass(frozen=True)

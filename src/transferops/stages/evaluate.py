@@ -8,7 +8,8 @@
   (:func:`transfer_guard`: target val accuracy at k > 0, a label-free collapse check at k = 0).
 
 Outputs (``artifacts/evaluate``): ``metrics.json``, ``confusion_matrix.png``, ``reliability.png``,
-``predictions.csv`` and ``calibration.csv`` (for ``dvc plots``), ``result.json``.
+``predictions.csv`` and ``calibration.csv`` (for ``dvc plots``), ``result.json``, and the reviewer's panels in
+``review/`` (:mod:`transferops.evaluation.review`; ``tta_accuracy`` when ``evaluate.tta`` is set).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any
 from transferops.config import Config
 from transferops.data.shards import load_split, read_manifest
 from transferops.errors import CheckpointError
-from transferops.evaluation import plots
+from transferops.evaluation import plots, review
 from transferops.evaluation.metrics import classification_report
+from transferops.evaluation.tta import tta_metrics
 from transferops.lineage import file_sha256, lineage
 from transferops.models.inference import accuracy, predict
 from transferops.models.io import load_model
@@ -71,6 +73,7 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
             "method": made["method"],
             "per_class_accuracy": report["per_class_accuracy"],
             **guard,
+            **tta_metrics(model, test, cfg.evaluate.tta, probs, device),
         }
         if made["note"]:
             metrics["provenance_note"] = made["note"]
@@ -110,6 +113,7 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
             tracker.log_metrics({f"class_{c}_accuracy": a for c, a in report["per_class_accuracy"].items()})
             for name in ("confusion_matrix.png", "reliability.png", "metrics.json"):
                 tracker.log_artifact(out / name, "evaluation")
+            review.write_review(model, test, probs, classes, out, tracker, cfg.evaluate.review_per_class, device)
     if metrics["negative_transfer"]:
         log.warning("evaluate: %s", metrics["negative_transfer"])
     log.info(
