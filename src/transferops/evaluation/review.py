@@ -52,7 +52,7 @@ def per_class_table(labels: np.ndarray, preds: np.ndarray, classes: list[str]) -
         n, hit, said = int(cm[i].sum()), int(cm[i, i]), int(cm[:, i].sum())
         recall = hit / n if n else None
         precision = hit / said if said else None
-        f1 = 2 * precision * recall / (precision + recall) if recall and precision else 0.0
+        f1 = None if recall is None or precision is None else 2 * precision * recall / max(precision + recall, 1e-12)
         off = cm[i].copy()
         off[i] = 0
         worst = int(off.argmax())
