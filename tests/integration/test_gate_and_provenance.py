@@ -104,7 +104,8 @@ def _check_int8_and_review(client, name: str, cfg) -> None:
     assert "## INT8 export" in mv.description
     assert ("**Not shipped**" in mv.description) is not shipped
     if shipped:  # the file predict runs is the file that was checked: the same agreement with fp32, image for image
-        x = register._test_images(register.load_inputs(Paths.from_config(cfg)))
+        inputs = register.load_inputs(Paths.from_config(cfg))
+        x = register.EvalImages(inputs.test, inputs.model.input_size)[:]
         fp32 = load_classifier(f"models:/{name}@champion", "onnx").logits(x).argmax(1)
         int8 = load_classifier(f"models:/{name}@champion", "onnx-int8").logits(x).argmax(1)
         assert float((fp32 == int8).mean()) == pytest.approx(figures["int8_argmax_agreement"])

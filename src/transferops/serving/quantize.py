@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +38,13 @@ from transferops.training.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
+Images = Any
+"""float32 images (N, C, S, S) in [0, 1]: an array, or a lazy sequence that gives arrays for slices."""
+
 CALIBRATION_BATCH = 32
 """Images per calibration batch (the min/max statistics do not depend on it; memory does)."""
+CHECK_BATCH = 256
+"""Images per call when fp32 and INT8 are compared."""
 LATENCY_BATCHES = (1, 64)
 """Batch sizes the CPU latency is measured at: one request, and a batch job."""
 LATENCY_REPEATS = {1: 50, 64: 10}
@@ -102,10 +108,10 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: np.
     return int8_path
 
 
-def latency_ms(clf: Classifier, images: np.ndarray, batch: int, repeats: int) -> float:
+def latency_ms(clf: Classifier, images: Images, batch: int, repeats: int) -> float:
     """Median wall time (milliseconds) of one ``batch``-image call, after a warm-up call."""
-    reps = int(np.ceil(batch / len(images)))
-    x = np.ascontiguousarray(np.concatenate([images] * reps)[:batch], dtype=np.float32)
+    first = np.asarray(images[:batch], dtype=np.float32)
+    x = np.ascontiguousarray(np.concatenate([first] * int(np.ceil(batch / len(first))))[:batch])
     clf.logits(x)
     times = []
     for _ in range(repeats):
@@ -115,18 +121,21 @@ def latency_ms(clf: Classifier, images: np.ndarray, batch: int, repeats: int) ->
     return 1000.0 * statistics.median(times)
 
 
-def _predict(clf: Classifier, images: np.ndarray, batch: int = 256) -> np.ndarray:
-    return np.concatenate([clf.logits(images[i : i + batch]).argmax(1) for i in range(0, len(images), batch)])
-
-
-def compare(fp32_path: str | Path, int8_path: str | Path, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def compare(fp32_path: str | Path, int8_path: str | Path, images: Images, labels: np.ndarray) -> dict[str, float]:
     """fp32 against INT8 on the same labelled images, in one process: ``fp32_accuracy``, ``int8_accuracy``,
     ``accuracy_drop`` (fp32 - INT8, in [-1, 1]), ``argmax_agreement``, ``fp32_bytes``, ``int8_bytes`` and, per
-    batch size b of :data:`LATENCY_BATCHES`, ``fp32_latency_ms_b<b>`` / ``int8_latency_ms_b<b>`` (CPU)."""
-    images = np.ascontiguousarray(images, dtype=np.float32)
+    batch size b of :data:`LATENCY_BATCHES`, ``fp32_latency_ms_b<b>`` / ``int8_latency_ms_b<b>`` (CPU).
+
+    ``images``: float32 (N, C, S, S) in [0, 1], or anything that gives such batches for slices and has a
+    length (a large test split is then read a batch at a time, never held whole)."""
     labels = np.asarray(labels)
     fp32, int8 = load_onnx(Path(fp32_path)), load_onnx(Path(int8_path), runtime="onnx-int8")
-    p32, p8 = _predict(fp32, images), _predict(int8, images)
+    p32, p8 = [], []
+    for start in range(0, len(labels), CHECK_BATCH):
+        x = np.ascontiguousarray(images[start : start + CHECK_BATCH], dtype=np.float32)
+        p32.append(fp32.logits(x).argmax(1))
+        p8.append(int8.logits(x).argmax(1))
+    p32, p8 = np.concatenate(p32), np.concatenate(p8)
     acc32, acc8 = float((p32 == labels).mean()), float((p8 == labels).mean())
     out: dict[str, float] = {
         "fp32_accuracy": acc32,
@@ -249,7 +258,7 @@ class Int8Export:
 def log_int8(
     fp32_path: str | Path,
     calibration: np.ndarray,
-    images: np.ndarray,
+    images: Images,
     labels: np.ndarray,
     max_drop: float,
     min_agreement: float,
@@ -268,7 +277,9 @@ def log_int8(
         figures = compare(fp32_path, int8_path, images, labels)
         result = Int8Export(**figures, max_drop=max_drop, min_agreement=min_agreement, n_calibration=len(calibration))
         if result.within_budget:
-            result = _log(int8_path, result, signature_example if signature_example is not None else images[:4], name)
+            result = _log(
+                int8_path, result, signature_example if signature_example is not None else np.asarray(images[:4]), name
+            )
     log.info(
         "INT8 export: %s; %.2f -> %.2f MiB, batch-1 latency %.2f -> %.2f ms, agreement %.4f",
         result.reason,

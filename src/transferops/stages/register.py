@@ -173,12 +173,22 @@ def calibration_images(inputs: RegisterInputs, n: int = CALIBRATION_IMAGES) -> n
     return eval_transform(x, inputs.model.input_size).numpy()
 
 
-def _test_images(inputs: RegisterInputs) -> np.ndarray:
-    """The whole test split as the network sees it (float32), for the INT8 check."""
-    from transferops.data.augment import eval_transform
+class EvalImages:
+    """A split's images as the network sees them (float32, centre-cropped), read only for the slice asked:
+    the INT8 check walks the whole test split without holding it in memory."""
 
-    batches = [eval_transform(x, inputs.model.input_size) for x, _ in iterate(inputs.test, 512)]
-    return torch.cat(batches).numpy()
+    def __init__(self, split: Split, input_size: int) -> None:
+        self.split, self.input_size = split, input_size
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        from transferops.data.augment import eval_transform
+
+        idx = np.arange(len(self.split))[rows]
+        x = torch.from_numpy(np.asarray(self.split.images[idx])).float() / 255.0
+        return eval_transform(x, self.input_size).numpy()
 
 
 def log_model(
@@ -212,7 +222,7 @@ def log_model(
         int8 = log_int8(
             Path(tmp) / ONNX_FILE,
             calibration_images(inputs),
-            _test_images(inputs),
+            EvalImages(inputs.test, inputs.model.input_size),
             inputs.test.labels,
             reg.int8_max_drop,
             reg.int8_min_agreement,
