@@ -38,7 +38,9 @@ def _run(cfg, *stages) -> None:
 def test_a_letters_model_cannot_take_champion_from_a_digits_model(tiny_cfg, tmp_path):
     import mlflow
 
-    digits = tiny_cfg
+    # the tiny model's INT8 export gives fp32's class on ~96 % of its test images: ship it at 95 % to check
+    # that what predict runs is what was checked (the refusal and its card are in tests/unit/test_quantize.py)
+    digits = replace(tiny_cfg, register=replace(tiny_cfg.register, int8_min_agreement=0.95))
     _run(digits, ingest, pretrain, finetune)
     evaluate.run(digits, MlflowTracker(digits.mlflow))
     register.run(digits, MlflowTracker(digits.mlflow))
@@ -103,13 +105,15 @@ def _check_int8_and_review(client, name: str, cfg) -> None:
     assert (ONNX_INT8_URI_TAG in mv.tags) is shipped and (ONNX_INT8_REASON_TAG in mv.tags) is not shipped
     assert "## INT8 export" in mv.description
     assert ("**Not shipped**" in mv.description) is not shipped
-    if shipped:  # the file predict runs is the file that was checked: the same agreement with fp32, image for image
-        inputs = register.load_inputs(Paths.from_config(cfg))
-        x = register.EvalImages(inputs.test, inputs.model.input_size)[:]
-        fp32 = load_classifier(f"models:/{name}@champion", "onnx").logits(x).argmax(1)
-        int8 = load_classifier(f"models:/{name}@champion", "onnx-int8").logits(x).argmax(1)
-        assert float((fp32 == int8).mean()) == pytest.approx(figures["int8_argmax_agreement"])
-        assert figures["int8_argmax_agreement"] >= reg.int8_min_agreement
+    assert shipped, mv.tags.get(ONNX_INT8_REASON_TAG)
+    # the file predict runs is the file that was checked: the same agreement with fp32, image for image
+    inputs = register.load_inputs(Paths.from_config(cfg))
+    x = register.EvalImages(inputs.test, inputs.model.input_size)[:]
+    fp32 = load_classifier(f"models:/{name}@champion", "onnx").logits(x).argmax(1)
+    int8 = load_classifier(f"models:/{name}@champion", "onnx-int8").logits(x).argmax(1)
+    assert float((fp32 == int8).mean()) == pytest.approx(figures["int8_argmax_agreement"])
+    int8_tagged = float(mv.tags["transferops.onnx_int8_argmax_agreement"])
+    assert int8_tagged == figures["int8_argmax_agreement"] >= reg.int8_min_agreement
 
     review = json.loads((Paths.from_config(cfg).stage("evaluate") / "review" / "review.json").read_text())
     rows = {r["class"]: r for r in review["per_class"]}
