@@ -9,7 +9,8 @@ Calibration images are target images the model trained from (labelled and unlabe
 images: the test split then measures the quantised model as it will meet new data. The check runs both
 files on the whole test split in one process and reports accuracy of each, the drop, argmax agreement, file
 sizes and CPU latency at batch 1 and 64 (:func:`compare`). The register stage ships the INT8 file only when
-the drop is at most ``register.int8_max_drop`` (:func:`log_int8`).
+the drop is at most ``register.int8_max_drop`` and the argmax agreement with fp32 at least
+``register.int8_min_agreement`` (:func:`log_int8`).
 """
 
 from __future__ import annotations
