@@ -26,6 +26,7 @@ TINY = [
     "finetune.epochs=2",
     "finetune.steps_per_epoch=4",
     "register.min_accuracy=0.1",
+    "mlflow.system_metrics=false",  # a sampling thread per training run; tests/unit/test_tracking.py turns it on
 ]
 
 

@@ -431,7 +431,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from transferops.predict import is_mlflow_uri, predict
+    from transferops.serving.predict import is_mlflow_uri, predict
 
     if is_mlflow_uri(args.model):
         import mlflow
@@ -614,10 +614,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--runtime",
-        choices=("torch", "onnx"),
+        choices=("torch", "onnx", "onnx-int8"),
         default=None,
-        help="torch (default) or onnx: ONNX Runtime on CPU with the version's logged ONNX export (a .onnx "
-        "model always runs on onnx; a checkpoint is exported on the fly)",
+        help="torch (default), onnx (ONNX Runtime on CPU with the version's logged fp32 ONNX export; a "
+        "checkpoint is exported on the fly) or onnx-int8 (the version's checked INT8 export); a .onnx model "
+        "runs as it is",
     )
     p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (default 256)")
     p.add_argument("--out", type=output_file(), default=None, help="CSV file to write (default: stdout)")

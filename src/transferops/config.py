@@ -553,9 +553,16 @@ class EvaluateConfig:
     """Train the same architecture on the labelled target only, with the finetune budget."""
     source_only_baseline: bool = True
     """Score the source model with its source head (only when both domains share their class names)."""
+    tta: Literal["none", "flip", "crops"] = "none"
+    """Test-time augmentation of the reported test scores: ``flip`` averages the image and its mirror (wrong for
+    digits and text, whose mirror is another shape); ``crops`` averages the centre and four corner crops. Off by
+    default: on the embedded digits it did not help (reports/tta.md)."""
+    review_per_class: int = 2
+    """Right and wrong test images per class shown with their saliency maps in the evaluate run's review panels."""
 
     def __post_init__(self) -> None:
         check_value(self.ece_bins > 0, "ece_bins", "an int > 0", self.ece_bins)
+        check_value(self.review_per_class >= 0, "review_per_class", "an int >= 0", self.review_per_class)
 
 
 @dataclass(frozen=True)
@@ -572,10 +579,20 @@ class RegisterConfig:
     min_delta: float = 0.0
     """Promote when accuracy >= champion accuracy + min_delta, both scored now on the same test split;
     a negative value tolerates a small drop (e.g. -0.01), a positive one demands a real improvement."""
+    int8_max_drop: float = 0.01
+    """Largest test-accuracy loss (fraction: 0.01 = 1 point) of the INT8 ONNX export against fp32 for it to ship
+    with the version; a version whose INT8 export loses more ships fp32 only, and its model card says why."""
+    int8_min_agreement: float = 0.99
+    """Smallest share of test images on which the INT8 export predicts the fp32 export's class for it to ship: an
+    export can keep the accuracy while changing many answers (a weak model's close calls)."""
 
     def __post_init__(self) -> None:
         check_value(0.0 <= self.min_accuracy <= 1.0, "min_accuracy", "a float in [0, 1]", self.min_accuracy)
         check_value(-1.0 <= self.min_delta <= 1.0, "min_delta", "a float in [-1, 1]", self.min_delta)
+        check_value(0.0 <= self.int8_max_drop <= 1.0, "int8_max_drop", "a float in [0, 1]", self.int8_max_drop)
+        check_value(
+            0.0 <= self.int8_min_agreement <= 1.0, "int8_min_agreement", "a float in [0, 1]", self.int8_min_agreement
+        )
 
 
 @dataclass(frozen=True)
@@ -617,6 +634,15 @@ class MlflowConfig:
     tracking_uri: str = ""
     """Empty: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory."""
     experiment: str = "transferops"
+    system_metrics: bool = True
+    """Record CPU, memory, disk, network (and GPU, when pynvml can read one) as ``system/*`` metrics of the
+    training runs (pretrain, finetune), beside their throughput."""
+    system_metrics_interval: float = 10.0
+    """Seconds between two system-metrics samples."""
+
+    def __post_init__(self) -> None:
+        interval = self.system_metrics_interval
+        check_value(interval > 0, "system_metrics_interval", "a float > 0", interval)
 
 
 LOCATION_KEYS = ("artifacts_dir", "state_uri")

@@ -38,12 +38,16 @@ def _run(cfg, *stages) -> None:
 def test_a_letters_model_cannot_take_champion_from_a_digits_model(tiny_cfg, tmp_path):
     import mlflow
 
-    digits = tiny_cfg
-    _run(digits, ingest, pretrain, finetune, evaluate)
+    # the tiny model's INT8 export gives fp32's class on ~96 % of its test images: ship it at 95 % to check
+    # that what predict runs is what was checked (the refusal and its card are in tests/unit/test_quantize.py)
+    digits = replace(tiny_cfg, register=replace(tiny_cfg.register, int8_min_agreement=0.95))
+    _run(digits, ingest, pretrain, finetune)
+    evaluate.run(digits, MlflowTracker(digits.mlflow))
     register.run(digits, MlflowTracker(digits.mlflow))
     name = model_name(digits)
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    _check_int8_and_review(client, name, digits)
 
     # a chance-level letters model, trained from the same source model, gated under the digits name
     data = tiny_cfg.to_dict()
@@ -79,6 +83,51 @@ def test_a_letters_model_cannot_take_champion_from_a_digits_model(tiny_cfg, tmp_
     register.run(replace(letters, register=replace(letters.register, min_accuracy=0.0)), MlflowTracker(letters.mlflow))
     assert model_name(letters) == "transferops-hand-letters"
     assert str(client.get_model_version_by_alias("transferops-hand-letters", "champion").version) == "1"
+
+
+def _check_int8_and_review(client, name: str, cfg) -> None:
+    """The champion's INT8 export (or the reason it has none) and the evaluate run's review panels, by number."""
+    from transferops.serving.predict import load_classifier
+    from transferops.serving.runtime import ONNX_INT8_REASON_TAG, ONNX_INT8_URI_TAG
+
+    mv = client.get_model_version_by_alias(name, "champion")
+    figures = client.get_run(mv.run_id).data.metrics
+    evaluated = json.loads((Paths.from_config(cfg).stage("evaluate") / "metrics.json").read_text())
+    n = evaluated["n_test"]
+    assert figures["int8_n_images"] == n and figures["int8_n_calibration"] > 0
+    assert abs(figures["fp32_accuracy"] - evaluated["accuracy"]) <= 1 / n  # the fp32 export is the evaluated model
+    assert figures["int8_accuracy_drop"] == pytest.approx(figures["fp32_accuracy"] - figures["int8_accuracy"])
+    reg = cfg.register
+    shipped = (
+        figures["int8_accuracy_drop"] <= reg.int8_max_drop
+        and figures["int8_argmax_agreement"] >= reg.int8_min_agreement
+    )
+    assert (ONNX_INT8_URI_TAG in mv.tags) is shipped and (ONNX_INT8_REASON_TAG in mv.tags) is not shipped
+    assert "## INT8 export" in mv.description
+    assert ("**Not shipped**" in mv.description) is not shipped
+    assert shipped, mv.tags.get(ONNX_INT8_REASON_TAG)
+    # the file predict runs is the file that was checked: the same agreement with fp32, image for image
+    inputs = register.load_inputs(Paths.from_config(cfg))
+    x = register.EvalImages(inputs.test, inputs.model.input_size)[:]
+    fp32 = load_classifier(f"models:/{name}@champion", "onnx").logits(x).argmax(1)
+    int8 = load_classifier(f"models:/{name}@champion", "onnx-int8").logits(x).argmax(1)
+    assert float((fp32 == int8).mean()) == pytest.approx(figures["int8_argmax_agreement"])
+    int8_tagged = float(mv.tags["transferops.onnx_int8_argmax_agreement"])
+    assert int8_tagged == figures["int8_argmax_agreement"] >= reg.int8_min_agreement
+
+    review = json.loads((Paths.from_config(cfg).stage("evaluate") / "review" / "review.json").read_text())
+    rows = {r["class"]: r for r in review["per_class"]}
+    assert sum(r["n"] for r in rows.values()) == n
+    for c, acc in evaluated["per_class_accuracy"].items():
+        assert rows[c]["recall"] == pytest.approx(acc)
+        assert f"| {c} | {rows[c]['n']} | {100 * acc:.1f}% |" in mv.description
+    eval_run = review["run_id"]
+    assert (
+        f"#/experiments/{review['experiment_id']}/runs/{eval_run}/artifactPath/review/saliency_0.png" in mv.description
+    )
+    logged = {a.path: a.file_size for a in client.list_artifacts(eval_run, "review")}
+    assert set(review["saliency_panels"].values()) <= set(logged)
+    assert all(size < 200_000 for size in logged.values())  # small PNGs
 
 
 def test_evaluate_reports_the_checkpoints_method_not_the_command_lines(tiny_cfg):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.unit.helpers import brightness_images, brightness_model
 from transferops.config import config_from_dict
-from transferops.predict import CSV_HEADER
+from transferops.serving.predict import CSV_HEADER
 
 CLASSES = ["dark", "mid", "bright"]
 
@@ -49,8 +49,8 @@ def one_line_error(r: subprocess.CompletedProcess, *names: str, stdout: str = ""
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A checkpoint, its .onnx export, and 9 PNGs (3 per brightness band) in a nested folder, a zip and a tar."""
-    from transferops.models.export import export_onnx
     from transferops.models.io import save_model
+    from transferops.serving.onnx_export import export_onnx
 
     root = tmp_path_factory.mktemp("predict")
     model = brightness_model()
@@ -140,3 +140,20 @@ def test_bad_inputs_and_models_fail_with_one_line_naming_them(workspace, tmp_pat
     out = tmp_path / "never.csv"
     one_line_error(cli("--model", model, "--out", str(out), image, str(tmp_path / "corrupt.png"), cwd=tmp_path))
     assert not out.exists() and not list(tmp_path.glob(".never.csv.*"))  # no partial CSV left behind
+
+
+def test_an_int8_onnx_file_runs_with_the_int8_runtime_and_a_checkpoint_is_refused(workspace, torch_run):
+    from transferops.serving.quantize import quantize_onnx
+
+    root, truth = workspace
+    calibration, _ = brightness_images(48, seed=11)  # not the images predicted below
+    quantize_onnx(root / "model.onnx", root / "model-int8.onnx", calibration.astype(np.float32) / 255)
+    r = cli("--model", "model-int8.onnx", "--runtime", "onnx-int8", "images", cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    int8_rows, torch_rows = rows(r.stdout), rows(torch_run[1].read_text())
+    assert [g["predicted"] for g in int8_rows] == [g["predicted"] for g in torch_rows]  # same class, every image
+    np.testing.assert_allclose(
+        [float(g["confidence"]) for g in int8_rows], [float(g["confidence"]) for g in torch_rows], atol=0.05
+    )
+    err = one_line_error(cli("--model", "model.pt", "--runtime", "onnx-int8", "images", cwd=root), "model.pt")
+    assert "registered version" in err

@@ -36,7 +36,7 @@ def registry(tmp_path_factory):
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
-    from transferops.models.export import log_onnx
+    from transferops.serving.onnx_export import log_onnx
     from transferops.stages.register import pip_requirements
 
     root = tmp_path_factory.mktemp("registry")
@@ -65,8 +65,9 @@ def test_onnx_export_is_found_from_the_alias(registry):
     import mlflow
     import mlflow.onnx
 
-    from transferops.models.export import OPSET
-    from transferops.predict import ONNX_URI_TAG, find_onnx
+    from transferops.serving.onnx_export import OPSET
+    from transferops.serving.predict import find_onnx
+    from transferops.serving.runtime import ONNX_URI_TAG
 
     _, _, exported = registry
     assert exported.agrees() and exported.n_images == 30 and exported.max_abs_diff < 1e-4
@@ -82,7 +83,8 @@ def test_unknown_models_and_missing_exports_fail_with_one_line_naming_them(regis
     import mlflow
 
     from transferops.errors import TrackingError
-    from transferops.predict import ONNX_URI_TAG, find_onnx, load_classifier
+    from transferops.serving.predict import find_onnx, load_classifier
+    from transferops.serving.runtime import ONNX_URI_TAG
 
     for runtime in ("torch", "onnx"):
         with pytest.raises(TrackingError, match=r"^models:/no-such-model@champion: ") as err:

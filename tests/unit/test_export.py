@@ -8,8 +8,8 @@ import torch
 from tests.unit.helpers import brightness_images, brightness_model
 from transferops.errors import CheckpointError, ExportError
 from transferops.models import create_model
-from transferops.models.export import INPUT_NAME, OPSET, check_onnx, export_onnx
-from transferops.predict import load_onnx
+from transferops.serving.onnx_export import INPUT_NAME, OPSET, check_onnx, export_onnx
+from transferops.serving.runtime import load_onnx
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ def _batches(model: nn.Module, split: Split, batch_size: int, device: torch.devi
         yield eval_transform(x, size) if x.ndim == 4 else x
 
 
-def predict(
+def predict_proba(
     model: nn.Module, split: Split, batch_size: int = 512, device: torch.device | str = "cpu", precision: str = "fp32"
 ) -> np.ndarray:
     """Class probabilities (N, K) of ``model`` on a split, in order."""
@@ -66,4 +66,4 @@ def accuracy(model: nn.Module, split: Split, device: torch.device | str = "cpu",
     """Top-1 accuracy on a split (nan when the split is empty)."""
     if len(split) == 0:
         return float("nan")
-    return float((predict(model, split, device=device, precision=precision).argmax(1) == split.labels).mean())
+    return float((predict_proba(model, split, device=device, precision=precision).argmax(1) == split.labels).mean())

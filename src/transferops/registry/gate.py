@@ -227,6 +227,8 @@ class LoggedModel:
     model_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     veto: str | None = None
+    int8: Any = None
+    """The INT8 export's check (:class:`transferops.serving.quantize.Int8Export`), for the model card."""
 
 
 @dataclass

@@ -9,7 +9,8 @@
   (:func:`transfer_guard`: target val accuracy at k > 0, a label-free collapse check at k = 0).
 
 Outputs (``artifacts/evaluate``): ``metrics.json``, ``confusion_matrix.png``, ``reliability.png``,
-``predictions.csv`` and ``calibration.csv`` (for ``dvc plots``), ``result.json``.
+``predictions.csv`` and ``calibration.csv`` (for ``dvc plots``), ``result.json``, and the reviewer's panels in
+``review/`` (:mod:`transferops.evaluation.review`; ``tta_accuracy`` when ``evaluate.tta`` is set).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import Any
 from transferops.config import Config
 from transferops.data.shards import load_split, read_manifest
 from transferops.errors import CheckpointError
-from transferops.evaluation import plots
+from transferops.evaluation import plots, review
 from transferops.evaluation.metrics import classification_report
+from transferops.evaluation.tta import tta_metrics
 from transferops.lineage import file_sha256, lineage
-from transferops.models.inference import accuracy, predict
+from transferops.models.inference import accuracy, predict_proba
 from transferops.models.io import load_model
 from transferops.paths import Paths
 from transferops.stages.common import StageResult, save_resolved_config, staged_output, start_stage, write_json
@@ -45,7 +47,7 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
     model, ckpt = load_model(paths.target_model)
     made = provenance(cfg, ckpt, target, paths)
     with tracker.stage_run("evaluate", cfg):
-        probs = predict(model.to(device), test, device=device)
+        probs = predict_proba(model.to(device), test, device=device)
         report = classification_report(probs, test.labels, classes, cfg.evaluate.ece_bins)
         source_only = None
         if cfg.evaluate.source_only_baseline:
@@ -70,6 +72,7 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
             "method": made["method"],
             "per_class_accuracy": report["per_class_accuracy"],
             **guard,
+            **tta_metrics(model, test, cfg.evaluate.tta, probs, device),
         }
         if made["note"]:
             metrics["provenance_note"] = made["note"]
@@ -109,6 +112,7 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
             tracker.log_metrics({f"class_{c}_accuracy": a for c, a in report["per_class_accuracy"].items()})
             for name in ("confusion_matrix.png", "reliability.png", "metrics.json"):
                 tracker.log_artifact(out / name, "evaluation")
+            review.write_review(model, test, probs, classes, out, tracker, cfg.evaluate.review_per_class, device)
     if metrics["negative_transfer"]:
         log.warning("evaluate: %s", metrics["negative_transfer"])
     log.info(
@@ -167,8 +171,8 @@ def transfer_guard(cfg: Config, model, paths: Paths, k: int | None, device) -> d
     if len(unlabeled) < 2:
         return {"negative_transfer": None}
     sample = monitor_sample(unlabeled, cfg.base.seed)
-    ours = prediction_diversity(predict(model, sample, device=device))
-    theirs = prediction_diversity(predict(source_model, sample, device=device))
+    ours = prediction_diversity(predict_proba(model, sample, device=device))
+    theirs = prediction_diversity(predict_proba(source_model, sample, device=device))
     note = None
     if ours < theirs - COLLAPSE_MARGIN or ours < COLLAPSE_FLOOR:
         note = (

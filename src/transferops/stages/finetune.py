@@ -18,7 +18,7 @@ from transferops.data.shards import Split, load_split, read_manifest
 from transferops.errors import CheckpointError, ConfigError
 from transferops.lineage import file_sha256, lineage
 from transferops.models import TransferNet
-from transferops.models.inference import predict
+from transferops.models.inference import predict_proba
 from transferops.models.io import load_model
 from transferops.paths import Paths
 from transferops.stages.common import StageResult, start_stage, state_store, training_setup, write_trained_model
@@ -82,7 +82,7 @@ def label_free_monitor(unlabeled: Split, device: torch.device, precision: str):
     from transferops.evaluation.selection import CRITERIA, prediction_diversity
 
     def monitor(model: torch.nn.Module, epoch: int) -> dict[str, float]:
-        probs = predict(model, unlabeled, device=device, precision=precision)
+        probs = predict_proba(model, unlabeled, device=device, precision=precision)
         ent = float(-(probs * np.log(np.clip(probs, 1e-12, None))).sum(1).mean())
         return {
             **{f"target_{name}": fn(probs) for name, fn in CRITERIA.items()},

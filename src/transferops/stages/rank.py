@@ -58,7 +58,7 @@ def labelled(data_dir: Path) -> Split:
 
 def score_candidates(cfg: Config, candidates: list[str]) -> dict[str, dict[str, float]]:
     """Every score each candidate has on the labelled target images."""
-    from transferops.models.inference import predict, predict_features
+    from transferops.models.inference import predict_features, predict_proba
 
     target = Paths.from_config(cfg).target_data
     manifest = read_manifest(target)
@@ -69,7 +69,7 @@ def score_candidates(cfg: Config, candidates: list[str]) -> dict[str, dict[str, 
         m = parse_candidate(text, cfg.model)
         model, has_head = load_candidate(m, len(manifest["classes"]), manifest["image_shape"][0])
         feats = predict_features(model, data)
-        probs = predict(model, data) if has_head else None
+        probs = predict_proba(model, data) if has_head else None
         scores[text] = score_all(feats, probs, data.labels)
         log.info(
             "rank %s: %s (%.1fs)", text, {k: round(v, 4) for k, v in scores[text].items()}, time.perf_counter() - t0

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from transferops.config import Config
+from transferops.config import Config, RegisterConfig
 from transferops.data.shards import Split, load_split, read_manifest
 from transferops.errors import CheckpointError, TrackingError
 from transferops.lineage import file_sha256, lineage
@@ -101,6 +101,8 @@ class RegisterInputs:
     classes: list[str]
     test: Split
     target_dir: Path
+    review: dict[str, Any] | None = None
+    """evaluate's reviewer evidence (``review/review.json``): the per-class table and where its panels are."""
 
 
 def load_inputs(paths: Paths) -> RegisterInputs:
@@ -129,8 +131,12 @@ def load_inputs(paths: Paths) -> RegisterInputs:
         raise CheckpointError(
             f"{paths.target_model}: trained for classes {ckpt['classes']}, but {paths.target_data} has {classes}"
         )
+    from transferops.evaluation.review import ARTIFACT_DIR, REVIEW_FILE  # (torch: not on the unchanged path)
+
     test = load_split(paths.target_data, "test")
-    return RegisterInputs(model, ckpt, paths.target_model, sha, metrics, classes, test, paths.target_data)
+    review_file = evaluate_dir / ARTIFACT_DIR / REVIEW_FILE
+    review = read_json(review_file) if review_file.is_file() else None
+    return RegisterInputs(model, ckpt, paths.target_model, sha, metrics, classes, test, paths.target_data, review)
 
 
 def make_candidate(cfg: Config, inputs: RegisterInputs, pipeline_run_id: str | None) -> tuple[Candidate, dict]:
@@ -235,14 +241,64 @@ def _eval_images(inputs: RegisterInputs, n: int) -> np.ndarray:
     return eval_transform(x, inputs.model.input_size).numpy()
 
 
-def log_model(inputs: RegisterInputs, tracker: MlflowTracker, check_images: int = 512) -> LoggedModel:
-    """Log the model (torch flavour, signature, input example, explicit requirements), its checkpoint, and its
-    ONNX export, checked against PyTorch on the test images: an export that disagrees vetoes promotion."""
+CALIBRATION_IMAGES = 256
+"""Target training images (labelled and unlabelled splits, never test) the INT8 export is calibrated on."""
+CALIBRATION_SPLITS = ("labeled", "unlabeled")
+
+
+def calibration_images(inputs: RegisterInputs, n: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """Up to ``n`` target images the model trained from, as the network sees them, drawn with the run's seed."""
+    import torch
+
+    from transferops.data.augment import eval_transform
+
+    parts = [np.asarray(s.images) for s in (load_split(inputs.target_dir, k) for k in CALIBRATION_SPLITS) if len(s)]
+    if not parts:
+        return np.empty((0, *inputs.test.images.shape[1:]), dtype=np.float32)
+    images = np.concatenate(parts)
+    seed = inputs.checkpoint["config"]["base"]["seed"]
+    pick = np.sort(np.random.default_rng([seed, 0x18]).permutation(len(images))[:n])
+    x = torch.from_numpy(images[pick]).float() / 255.0
+    return eval_transform(x, inputs.model.input_size).numpy()
+
+
+class EvalImages:
+    """A split's images as the network sees them (float32, centre-cropped), read only for the slice asked:
+    the INT8 check walks the whole test split without holding it in memory."""
+
+    def __init__(self, split: Split, input_size: int) -> None:
+        self.split, self.input_size = split, input_size
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        import torch
+
+        from transferops.data.augment import eval_transform
+
+        idx = np.arange(len(self.split))[rows]
+        x = torch.from_numpy(np.asarray(self.split.images[idx])).float() / 255.0
+        return eval_transform(x, self.input_size).numpy()
+
+
+def log_model(
+    inputs: RegisterInputs, tracker: MlflowTracker, reg: RegisterConfig, check_images: int = 512
+) -> LoggedModel:
+    """Log the model (torch flavour, signature, input example, explicit requirements), its checkpoint, its
+    ONNX export, checked against PyTorch on the test images (an export that disagrees vetoes promotion), and
+    its INT8 export when that loses at most ``reg.int8_max_drop`` test accuracy against the fp32 export and
+    agrees with it on at least ``reg.int8_min_agreement`` of the test images (else the version ships fp32
+    only; ``LoggedModel.int8`` holds the figures either way)."""
+    import tempfile
+
     import mlflow.pytorch
     import torch
     from mlflow.models import infer_signature
 
-    from transferops.models.export import log_onnx
+    from transferops.serving.onnx_export import log_onnx
+    from transferops.serving.quantize import log_int8
+    from transferops.serving.runtime import ONNX_FILE
 
     images = _eval_images(inputs, check_images)
     example = images[:4]
@@ -253,16 +309,27 @@ def log_model(inputs: RegisterInputs, tracker: MlflowTracker, check_images: int 
     )
     tracker.log_artifact(inputs.model_path, "checkpoint")
     c, size = inputs.checkpoint["in_channels"], images.shape[-1]
-    onnx = log_onnx(inputs.model, c, size, images, classes=inputs.classes)
+    with tempfile.TemporaryDirectory(prefix="transferops-register-") as tmp:
+        onnx = log_onnx(inputs.model, c, size, images, classes=inputs.classes, workdir=Path(tmp))
+        int8 = log_int8(
+            Path(tmp) / ONNX_FILE,
+            calibration_images(inputs),
+            EvalImages(inputs.test, inputs.model.input_size),
+            inputs.test.labels,
+            reg.int8_max_drop,
+            reg.int8_min_agreement,
+            signature_example=example,
+        )
     log_reference_features(inputs, tracker)
     tracker.log_metrics({"onnx_max_abs_diff": onnx.max_abs_diff, "onnx_argmax_agreement": onnx.argmax_agreement})
+    tracker.log_metrics(int8.metrics)
     veto = None
     if not onnx.agrees():
         veto = (
             f"ONNX export disagrees with PyTorch (max |diff| {onnx.max_abs_diff:.2e}, argmax agreement "
             f"{onnx.argmax_agreement:.4f} on {onnx.n_images} test images)"
         )
-    return LoggedModel(info.model_uri, info.model_id, onnx.tags, veto)
+    return LoggedModel(info.model_uri, info.model_id, {**onnx.tags, **int8.tags}, veto, int8)
 
 
 def log_reference_features(inputs: RegisterInputs, tracker: MlflowTracker, n: int = 512) -> None:
@@ -298,9 +365,13 @@ def with_warnings(decision: GateDecision, metrics: dict[str, Any]) -> GateDecisi
     return replace(decision, reason=f"{decision.reason}; WARNING {note}") if note else decision
 
 
-def model_card(name: str, inputs: RegisterInputs, lin: dict[str, Any], decision: GateDecision) -> str:
+def model_card(name: str, inputs: RegisterInputs, lin: dict[str, Any], decision: GateDecision, int8: Any = None) -> str:
     """Markdown description of a model version: a one-line summary (what the versions table shows), then
-    data, method, results, the gate's decision, intended use and limits."""
+    data, method, results, the per-class table with links to evaluate's saliency and confusion panels, the
+    gate's decision, the INT8 export's check (``int8``: an :class:`~transferops.serving.quantize.Int8Export`,
+    or None when none was made), intended use and limits."""
+    from transferops.evaluation.review import card_lines
+
     m, ckpt = inputs.metrics, inputs.checkpoint
     c, size = ckpt["in_channels"], ckpt["image_size"]
     src = ckpt["config"]["ingest"]["source"]["kind"]
@@ -339,12 +410,14 @@ def model_card(name: str, inputs: RegisterInputs, lin: dict[str, Any], decision:
         "|---|---|",
         *(f"| {key} | {value} |" for key, value in rows),
         "",
+        *([*card_lines(inputs.review), ""] if inputs.review else []),
         "## Gate",
         f"{'Promoted to champion' if decision.promote else 'Not promoted'}: {decision.reason}.",
         "",
         f"The gate compares models on the same images: {champion}. A champion's figure here can differ from the "
         "accuracy on its own card, which was measured on the test split of its own run.",
         "",
+        *([*int8.card(), ""] if int8 is not None else []),
         "## Intended use",
         f"Classifying {size}x{size} {'grey' if c == 1 else 'RGB'} images into the classes "
         f"{', '.join(inputs.classes)}. Input: float32 tensor (N, {c}, {size}, {size}) in [0, 1]; output: logits.",
@@ -442,6 +515,12 @@ def run(cfg: Config, tracker: MlflowTracker) -> StageResult:
     inputs = load_inputs(paths)
     name = model_name(cfg)
     candidate, lin = make_candidate(cfg, inputs, tracker.parent_run_id)
+    logged: list[LoggedModel] = []  # what log_model made, for the card written after it
+
+    def log_and_keep(t: MlflowTracker) -> LoggedModel:
+        logged.append(log_model(inputs, t, cfg.register))
+        return logged[-1]
+
     with tracker.stage_run("register", cfg) as t:
         outcome = register_candidate(
             mlflow.MlflowClient(),
@@ -449,8 +528,8 @@ def run(cfg: Config, tracker: MlflowTracker) -> StageResult:
             candidate,
             GatePolicy.from_config(cfg.register),
             score_champion=lambda uri: score_uri(uri, inputs.test),
-            log_model=lambda: log_model(inputs, t),
-            describe=lambda decision: model_card(name, inputs, lin, decision),
+            log_model=lambda: log_and_keep(t),
+            describe=lambda decision: model_card(name, inputs, lin, decision, logged[-1].int8 if logged else None),
             model_description=registered_model_description(name, candidate.task),
             run_id=t.run_id,
         )

@@ -26,6 +26,8 @@ PARENT_ENV = "TRANSFEROPS_PARENT_RUN_ID"
 EXECUTION_TAG = "transferops.execution"
 POINT_ENV = "TRANSFEROPS_SWEEP_POINT"
 DEFAULT_DB = "mlflow.db"
+TRAINING_STAGES = frozenset({"pretrain", "finetune"})
+"""Stages whose runs record system metrics (``mlflow.system_metrics``): where utilisation explains throughput."""
 
 
 def resolve_tracking_uri(cfg: MlflowConfig) -> str:
@@ -195,7 +197,8 @@ class MlflowTracker(NullTracker):
 
         ``resume_run_id`` (the run a saved training state names) continues that run instead of opening a new
         one, so a training killed and resumed is one run in the UI. Runs of this stage left RUNNING by a
-        process of this machine that no longer exists are marked KILLED first.
+        process of this machine that no longer exists are marked KILLED first. The runs of training stages
+        (:data:`TRAINING_STAGES`) record MLflow's ``system/*`` metrics when ``mlflow.system_metrics`` is on.
         """
         self.attach_execution(cfg)
         self._reap_dead_runs(stage, keep=resume_run_id)
@@ -208,12 +211,15 @@ class MlflowTracker(NullTracker):
         }
         if self.parent_run_id and not resumed:
             all_tags["mlflow.parentRunId"] = self.parent_run_id
+        system = self._system_metrics(stage, cfg.mlflow)
         if resumed:
-            run = self.mlflow.start_run(run_id=resume_run_id)
+            run = self.mlflow.start_run(run_id=resume_run_id, log_system_metrics=system)
             self.mlflow.set_tags(all_tags)
             log.info("%s: continuing MLflow run %s of the interrupted training", stage, resume_run_id)
         else:
-            run = self.mlflow.start_run(experiment_id=self.experiment_id, run_name=stage, tags=all_tags)
+            run = self.mlflow.start_run(
+                experiment_id=self.experiment_id, run_name=stage, tags=all_tags, log_system_metrics=system
+            )
         status = "FAILED"
         with run:
             self.run_id = run.info.run_id
@@ -227,6 +233,17 @@ class MlflowTracker(NullTracker):
                 self.run_id = None
                 if self.owns_parent_status:
                     self.mlflow.MlflowClient().set_terminated(self.parent_run_id, status)
+
+    def _system_metrics(self, stage: str, cfg: MlflowConfig) -> bool:
+        """Whether this stage's run records system metrics; sets MLflow's sampling interval when it does.
+
+        MLflow samples CPU, memory, disk and network with psutil, and NVIDIA GPUs through pynvml when that
+        imports (its absence only drops the GPU series).
+        """
+        if not (cfg.system_metrics and stage in TRAINING_STAGES):
+            return False
+        self.mlflow.set_system_metrics_sampling_interval(cfg.system_metrics_interval)
+        return True
 
     def _run_exists(self, run_id: str) -> bool:
         try:

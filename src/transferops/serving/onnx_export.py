@@ -11,7 +11,7 @@ specialises dimensions of size 1, so the example batch has two images.
 
 In MLflow the export is an ``mlflow.onnx`` model logged by :func:`log_onnx` in the register run, beside the
 PyTorch model; the registered version points to it with the tag ``transferops.onnx_uri``
-(:data:`transferops.predict.ONNX_URI_TAG`), read by :func:`transferops.predict.find_onnx`::
+(:data:`transferops.serving.runtime.ONNX_URI_TAG`), read by :func:`transferops.serving.predict.find_onnx`::
 
     uri = find_onnx("models:/transferops-digits@champion")    # "models:/m-<id>"
     mlflow.onnx.load_model(uri)                              # onnx.ModelProto
@@ -37,7 +37,7 @@ import torch
 
 from transferops.errors import DataError, ExportError
 from transferops.models.factory import TransferNet
-from transferops.predict import ONNX_CLASSES_KEY, ONNX_FILE, ONNX_URI_TAG, load_onnx
+from transferops.serving.runtime import ONNX_CLASSES_KEY, ONNX_FILE, ONNX_URI_TAG, load_onnx, onnx_pip_requirements
 from transferops.training.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -153,20 +153,6 @@ class OnnxExport:
         }
 
 
-def onnx_pip_requirements() -> list[str]:
-    """What serving the ONNX model needs (no torch)."""
-    import mlflow
-    import onnx
-    import onnxruntime
-
-    return [
-        f"onnx=={onnx.__version__}",
-        f"onnxruntime=={onnxruntime.__version__}",
-        f"mlflow=={mlflow.__version__}",
-        f"numpy=={np.__version__}",
-    ]
-
-
 def log_onnx(
     model: TransferNet,
     in_channels: int,
@@ -174,21 +160,27 @@ def log_onnx(
     images: np.ndarray,
     classes: Sequence[str] | None = None,
     name: str = "onnx",
+    workdir: Path | None = None,
 ) -> OnnxExport:
     """Export ``model``, check it on ``images`` and log it as an ``mlflow.onnx`` model in the active run.
 
     Call it inside the run that logs the PyTorch model, then put ``result.tags`` on the registered version
     (``mlflow.register_model(..., tags={**tags, **result.tags})``) so that ``models:/NAME@ALIAS`` finds it
-    (:func:`transferops.predict.find_onnx`). The model is logged whatever the check says; ``result.agrees()``
+    (:func:`transferops.serving.predict.find_onnx`). The model is logged whatever the check says; ``result.agrees()``
     is what the gate decides on. Raises :class:`ExportError` when the export itself fails.
+
+    ``workdir``: where the ``.onnx`` file is written and left (for a later step, e.g. INT8 quantisation, to
+    read); None: a temporary folder, removed.
     """
     import mlflow
     import mlflow.onnx
     import onnx
     from mlflow.models import infer_signature
 
-    with tempfile.TemporaryDirectory(prefix="transferops-onnx-") as tmp:
-        path = Path(tmp) / ONNX_FILE
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="transferops-onnx-")))
+        path = Path(workdir) / ONNX_FILE
         start = time.perf_counter()
         export_onnx(model, path, in_channels, image_size, classes=classes)
         seconds = time.perf_counter() - start

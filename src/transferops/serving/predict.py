@@ -1,29 +1,30 @@
 """``transferops predict``: classify images with a trained model and write one CSV row per image.
 
 Models: a registered version (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``), a local ``.onnx`` file or a
-transferops checkpoint (``.pt``). Runtimes: ``torch`` (the PyTorch model) or ``onnx`` (ONNX Runtime on CPU: the
-ONNX export logged beside a registered version, the ``.onnx`` file itself, or a checkpoint exported now). The
-ONNX path never imports torch unless it has to export a checkpoint, so it also runs where torch is absent.
+transferops checkpoint (``.pt``). Runtimes (:data:`RUNTIMES`): ``torch`` (the PyTorch model), ``onnx`` (ONNX
+Runtime on CPU: the fp32 ONNX export logged beside a registered version, the ``.onnx`` file itself, or a
+checkpoint exported now) and ``onnx-int8`` (the version's INT8 export, made and checked by the register stage;
+or a quantised ``.onnx`` file). The ONNX paths never import torch unless a checkpoint must be exported, so they
+also run where torch is absent.
 
 Inputs: image files, folders (searched recursively for image files), ``.zip``/``.tar`` archives (extracted
 safely into a temporary folder) and ``s3://bucket/prefix`` URLs (downloaded into one). The image geometry
 (channels, size) comes from the model, never from the user; class names from the version tag
 ``transferops.classes``, the checkpoint, or the ONNX file's metadata.
 
-Where the ONNX export of a registered version lives: :func:`find_onnx` (the version tag :data:`ONNX_URI_TAG`).
+Where the ONNX exports of a registered version live: :func:`find_onnx` (the version tags
+:data:`~transferops.serving.runtime.ONNX_URI_TAG` and :data:`~transferops.serving.runtime.ONNX_INT8_URI_TAG`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -33,33 +34,24 @@ from transferops.config import IngestConfig
 from transferops.data import archive
 from transferops.data.sources import IMAGE_SUFFIXES, read_image_file
 from transferops.errors import CheckpointError, DataError, TrackingError
+from transferops.serving.runtime import (
+    CLASSES_TAG,
+    ONNX_FILE,
+    ONNX_INT8_REASON_TAG,
+    ONNX_INT8_URI_TAG,
+    ONNX_URI_TAG,
+    Classifier,
+    first_line,
+    load_onnx,
+)
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "onnx")
+ONNX_RUNTIMES = {"onnx": ONNX_URI_TAG, "onnx-int8": ONNX_INT8_URI_TAG}
+"""ONNX runtimes -> the version tag naming the export each one runs."""
+RUNTIMES = ("torch", *ONNX_RUNTIMES)
 DEFAULT_BATCH_SIZE = 256
 CSV_HEADER = ("file", "predicted", "confidence", "second", "second_confidence")
-
-CLASSES_TAG = "transferops.classes"
-"""Model version tag: the class names, comma-separated, in logit order (set by the register stage)."""
-ONNX_URI_TAG = "transferops.onnx_uri"
-"""Model version tag: the MLflow URI (``models:/m-<id>``) of the version's ONNX export (an ``mlflow.onnx`` model)."""
-ONNX_CLASSES_KEY = "transferops.classes"
-"""ONNX metadata key: the class names as a JSON list (written by ``models.export.export_onnx``)."""
-ONNX_FILE = "model.onnx"
-"""The file name of the graph inside an ``mlflow.onnx`` model's artifacts."""
-
-
-@dataclass
-class Classifier:
-    """A loaded model: ``logits(batch)`` maps float32 (N, C, S, S) images in [0, 1] to (N, K) logits."""
-
-    logits: Callable[[np.ndarray], np.ndarray]
-    channels: int
-    image_size: int
-    classes: list[str] | None
-    source: str
-    runtime: str
 
 
 # ------------------------------------------------------------------------------------------- MLflow lookups
@@ -84,12 +76,13 @@ def model_version(model_uri: str):
             name, version = ref.split("/", 1)
             return client.get_model_version(name, version)
     except MlflowException as exc:
-        raise TrackingError(f"{model_uri}: no such model version ({_first_line(exc)})") from None
+        raise TrackingError(f"{model_uri}: no such model version ({first_line(exc)})") from None
     return None  # models:/m-<id>: a logged model, not a registered version
 
 
-def find_onnx(model_uri: str) -> str:
-    """The URI of the ONNX export of a registered version, e.g. ``models:/m-0123...`` (an ``mlflow.onnx`` model).
+def find_onnx(model_uri: str, runtime: str = "onnx") -> str:
+    """The URI of the ONNX export of a registered version, e.g. ``models:/m-0123...`` (an ``mlflow.onnx`` model):
+    the fp32 one for ``runtime`` ``onnx``, the INT8 one for ``onnx-int8``.
 
     ``mlflow.onnx.load_model(uri)`` gives the ``onnx.ModelProto``; ``mlflow.pyfunc.load_model(uri)`` a runnable
     model; ``mlflow.artifacts.download_artifacts(uri)`` a folder holding ``model.onnx``.
@@ -97,10 +90,14 @@ def find_onnx(model_uri: str) -> str:
     mv = model_version(model_uri)
     if mv is None:
         raise TrackingError(f"{model_uri}: the ONNX export is found through a registered version (models:/NAME@ALIAS)")
-    uri = mv.tags.get(ONNX_URI_TAG)
+    tag = ONNX_RUNTIMES[runtime]
+    uri = mv.tags.get(tag)
     if not uri:
+        if runtime == "onnx-int8":
+            why = mv.tags.get(ONNX_INT8_REASON_TAG, "not made for this version")
+            raise TrackingError(f"{model_uri}: version {mv.version} ships no INT8 export ({why}); use --runtime onnx")
         raise TrackingError(
-            f"{model_uri}: version {mv.version} has no ONNX export (tag {ONNX_URI_TAG} not set); use --runtime torch"
+            f"{model_uri}: version {mv.version} has no ONNX export (tag {tag} not set); use --runtime torch"
         )
     return uri
 
@@ -112,35 +109,6 @@ def _version_classes(model_uri: str) -> list[str] | None:
 
 
 # ------------------------------------------------------------------------------------------------- loaders
-def load_onnx(path: Path, source: str | None = None, classes: list[str] | None = None) -> Classifier:
-    """An ONNX Runtime (CPU) classifier from a ``.onnx`` file; geometry from its input shape."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    source = source or str(path)
-    if not path.is_file():
-        raise CheckpointError(f"{source}: ONNX model not found")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # errors only: warnings would interleave with the progress bar
-    try:
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own InvalidProtobuf, Fail, InvalidGraph... for bad files
-        raise CheckpointError(f"{source}: not a loadable ONNX model ({_first_line(exc)[:200]})") from None
-    inp = session.get_inputs()[0]
-    shape = inp.shape
-    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]) or shape[2] != shape[3]:
-        raise CheckpointError(f"{source}: expected an image input (N, C, S, S) with fixed C and S, got {shape}")
-    if classes is None:
-        meta = session.get_modelmeta().custom_metadata_map.get(ONNX_CLASSES_KEY)
-        classes = json.loads(meta) if meta else None
-    name = inp.name
-
-    def logits(batch: np.ndarray) -> np.ndarray:
-        return session.run(None, {name: batch})[0]
-
-    return Classifier(logits, int(shape[1]), int(shape[2]), classes, source, "onnx")
-
-
 def _torch_classifier(model, channels: int, size: int, classes, source: str) -> Classifier:
     import torch
 
@@ -154,15 +122,16 @@ def _torch_classifier(model, channels: int, size: int, classes, source: str) -> 
 def _load_registered(model_uri: str, runtime: str, workdir: Path) -> Classifier:
     import mlflow
 
-    if runtime == "onnx":
-        onnx_uri = find_onnx(model_uri)
+    if runtime in ONNX_RUNTIMES:
+        onnx_uri = find_onnx(model_uri, runtime)
         try:
             local = Path(mlflow.artifacts.download_artifacts(onnx_uri, dst_path=str(workdir / "onnx")))
         except Exception as exc:
             raise TrackingError(
-                f"{onnx_uri} (ONNX export of {model_uri}): cannot download ({_first_line(exc)})"
+                f"{onnx_uri} ({runtime} export of {model_uri}): cannot download ({first_line(exc)})"
             ) from None
-        return load_onnx(local / ONNX_FILE, f"{model_uri} (ONNX {onnx_uri})", _version_classes(model_uri))
+        source = f"{model_uri} ({runtime} {onnx_uri})"
+        return load_onnx(local / ONNX_FILE, source, _version_classes(model_uri), runtime)
 
     import mlflow.pytorch
 
@@ -170,7 +139,7 @@ def _load_registered(model_uri: str, runtime: str, workdir: Path) -> Classifier:
         info = mlflow.models.get_model_info(model_uri)
         model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     except Exception as exc:
-        raise TrackingError(f"{model_uri}: cannot load the model ({_first_line(exc)[:200]})") from None
+        raise TrackingError(f"{model_uri}: cannot load the model ({first_line(exc)[:200]})") from None
     try:
         shape = info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]
     except (AttributeError, KeyError, IndexError, TypeError):
@@ -186,7 +155,12 @@ def _load_checkpoint(path: Path, runtime: str, workdir: Path) -> Classifier:
     size = int(ckpt.get("input_size") or ckpt["image_size"])  # what the network sees (after the eval crop)
     if runtime == "torch":
         return _torch_classifier(model, channels, size, classes, str(path))
-    from transferops.models.export import export_onnx
+    if runtime == "onnx-int8":  # calibration needs the target's images, which a checkpoint alone does not carry
+        raise DataError(
+            f"{path}: --runtime onnx-int8 needs a registered version (its INT8 export is made and checked by "
+            "`transferops register`) or a quantised .onnx file"
+        )
+    from transferops.serving.onnx_export import export_onnx
 
     log.info("exporting %s to ONNX for this run", path)
     onnx_path = export_onnx(model, workdir / ONNX_FILE, channels, size, classes=classes)
@@ -194,7 +168,8 @@ def _load_checkpoint(path: Path, runtime: str, workdir: Path) -> Classifier:
 
 
 def load_classifier(model: str, runtime: str | None = None) -> Classifier:
-    """Load ``model`` for ``runtime`` (None: ``onnx`` for a ``.onnx`` file, else ``torch``).
+    """Load ``model`` for ``runtime`` (None: ``onnx`` for a ``.onnx`` file, else ``torch``); a ``.onnx`` file runs
+    as it is under either ONNX runtime.
 
     Downloads and on-the-fly exports go to a temporary folder, removed once the model is in memory.
     """
@@ -202,8 +177,8 @@ def load_classifier(model: str, runtime: str | None = None) -> Classifier:
         raise DataError(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     if model.lower().endswith(".onnx") and not is_mlflow_uri(model):
         if runtime == "torch":
-            raise DataError(f"{model}: an ONNX file runs with --runtime onnx, not torch")
-        return load_onnx(Path(model))
+            raise DataError(f"{model}: an ONNX file runs with --runtime onnx or onnx-int8, not torch")
+        return load_onnx(Path(model), runtime=runtime or "onnx")
     runtime = runtime or "torch"
     with tempfile.TemporaryDirectory(prefix="transferops-model-") as tmp:
         if is_mlflow_uri(model):
@@ -358,8 +333,3 @@ def _atomic_text(path: Path) -> Iterator[TextIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
