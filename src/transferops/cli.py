@@ -18,7 +18,7 @@ from pathlib import Path
 from transferops import __version__
 from transferops.config import DEFAULT_PARAMS, Config, dump_config, load_config
 from transferops.errors import ConfigError, TransferopsError
-from transferops.stages.graph import GRAPH, gated
+from transferops.stages.graph import GRAPH, RESUMABLE, gated
 
 log = logging.getLogger("transferops")
 
@@ -631,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
     # no help=: a hidden subcommand (argparse would list help=SUPPRESS as "==SUPPRESS==")
     p = sub.add_parser("remote-stage", description="(inside a Kubeflow Trainer job)")
-    p.add_argument("stage", choices=("pretrain", "finetune"))
+    p.add_argument("stage", choices=RESUMABLE)
     p.add_argument("--staging", required=True, help="where the Kubeflow task staged params, inputs and outputs")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_remote_stage)
