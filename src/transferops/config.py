@@ -484,6 +484,8 @@ class FixMatchConfig(MethodConfig):
 
 SELECTION_CRITERIA = ("snd",)
 """Label-free model-selection criteria (``transferops.evaluation.selection.CRITERIA``)."""
+ClassBalance = Literal["none", "weighted", "sampler"]
+"""How ``finetune.class_balance`` counters an imbalanced labelled target."""
 Select = Literal["last", "val", "snd"]
 """What ``finetune.select`` may name: the last epoch, the best target val accuracy, or a label-free criterion."""
 MethodName = Literal[
@@ -520,6 +522,11 @@ class FinetuneConfig(TrainConfig):
     labelled training images; with none (k = 0) no target label may be read, so the last epoch. ``last``: the
     last epoch. ``snd``: the best soft neighbourhood density of the predictions on the unlabelled target
     (Saito et al., 2021): label-free, usable at k = 0."""
+    class_balance: ClassBalance = "none"
+    """Counter an imbalanced labelled target (real targets are long-tailed). ``weighted``: the labelled target
+    cross-entropy weighs class c by n / (K n_c) (scikit-learn's "balanced"); ``sampler``: labelled batches draw
+    classes uniformly (:class:`~transferops.data.batches.BalancedBatchStream`); ``none``: neither. The
+    from-scratch baseline trains with the same setting, so the gain compares like with like."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -556,6 +563,10 @@ class EvaluateConfig:
         _check(self.ece_bins > 0, "ece_bins", "an int > 0", self.ece_bins)
 
 
+GateMetric = Literal["accuracy", "balanced_accuracy", "macro_f1"]
+"""Test-split metrics the promotion gate can compare (``transferops.evaluation.metrics.GATE_METRICS``)."""
+
+
 @dataclass(frozen=True)
 class RegisterConfig:
     """The MLflow model registry and the promotion gate."""
@@ -568,8 +579,11 @@ class RegisterConfig:
     min_accuracy: float = 0.5
     """Absolute floor: a candidate below it is not registered at all (the decision is still logged)."""
     min_delta: float = 0.0
-    """Promote when accuracy >= champion accuracy + min_delta, both scored now on the same test split;
+    """Promote when the metric >= the champion's + min_delta, both scored now on the same test split;
     a negative value tolerates a small drop (e.g. -0.01), a positive one demands a real improvement."""
+    metric: GateMetric = "accuracy"
+    """What the gate compares (and ``min_accuracy`` floors): ``accuracy``; ``balanced_accuracy`` (mean
+    per-class recall) or ``macro_f1`` for an imbalanced target, where accuracy rewards the majority class."""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.min_accuracy <= 1.0, "min_accuracy", "a float in [0, 1]", self.min_accuracy)

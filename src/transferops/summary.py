@@ -69,6 +69,7 @@ def summary_text(evaluate_dir: Path, register_dir: Path, outputs: str, tracking_
             "transferops pipeline summary",
             f"  target test accuracy  {_pct(m['accuracy'])}   ({m['method']}, {_labels(m['labels_per_class'])}, "
             f"{m['n_test']} test images, macro-F1 {m['macro_f1']:.3f}, ECE {m['ece']:.3f})",
+            f"  balanced accuracy     {_pct(m.get('balanced_accuracy'))}   (mean per-class recall)",
             f"  source-only baseline  {_pct(m.get('source_only_accuracy'))}",
             f"  from-scratch baseline {_pct(m.get('from_scratch_accuracy'))}",
             f"  transfer gain         {'   n/a' if gain is None else f'{100 * gain:+5.1f}'} points",

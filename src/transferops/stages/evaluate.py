@@ -59,6 +59,7 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
         guard = transfer_guard(cfg, model, paths, made["labels_per_class"], device)
         metrics = {
             "accuracy": report["accuracy"],
+            "balanced_accuracy": report["balanced_accuracy"],
             "macro_f1": report["macro_f1"],
             "ece": report["ece"],
             "nll": report["nll"],

@@ -64,6 +64,27 @@ def selection(select: str, has_labels: bool) -> Selection:
     return Selection(True, f"target_{select}", has_labels, f"best {select} on the unlabelled target (label-free)")
 
 
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """scikit-learn's "balanced" weights, n / (K' n_c) over the K' classes present; 0 for an absent class
+    (it never appears as a label, so its weight is never read). Equal counts give all ones."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.where(present, counts.sum() / (max(1, present.sum()) * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def apply_class_balance(strategy: Strategy, mode: str, data: dict[str, Split], num_classes: int) -> tuple[str, ...]:
+    """Set up ``finetune.class_balance`` on the labelled target stream: class weights on the strategy's target
+    cross-entropy (``weighted``), or the streams to draw class-balanced (``sampler``, returned)."""
+    labeled = data.get("labeled")
+    if mode == "none" or labeled is None or len(labeled) == 0:
+        return ()
+    if mode == "weighted":
+        strategy.class_weight = balanced_class_weights(labeled.labels, num_classes)
+        return ()
+    return ("labeled",)
+
+
 MONITOR_IMAGES = 1000
 """Unlabelled target images scored after every epoch (a fixed seeded sample): label-free criteria."""
 
@@ -108,13 +129,15 @@ def fit_on_target(
     dist: Distributed = SINGLE,
     device: torch.device | None = None,
     epoch_probe: Callable[[torch.nn.Module, int], None] | None = None,
+    class_balance: str = "none",
 ) -> FitResult:
     """Prepare ``model`` with ``strategy`` and train it on the target data.
 
     ``train_cfg.select`` chooses the weights kept (:func:`selection`): at k = 0 no target label is read, so
     only ``last`` or a label-free criterion can choose. With an unlabelled target split, label-free metrics
     are logged after every epoch (:func:`label_free_monitor`). ``epoch_probe(model, epoch)`` is called after
-    every epoch too (benchmarks use it to score epochs offline; it cannot change training).
+    every epoch too (benchmarks use it to score epochs offline; it cannot change training). ``class_balance``
+    is ``finetune.class_balance`` (:func:`apply_class_balance`).
     """
     paths = Paths.from_config(cfg)
     manifest = read_manifest(paths.target_data)
@@ -123,6 +146,7 @@ def fit_on_target(
     strategy.prepare(model, ctx)
     data = stream_data(paths, strategy)
     strategy.attach(data, device)
+    balanced = apply_class_balance(strategy, class_balance, data, ctx.num_classes)
     has_labels = manifest["splits"]["labeled"]["count"] > 0
     sel = selection(train_cfg.select, has_labels)
     val = load_split(paths.target_data, "val")
@@ -159,6 +183,7 @@ def fit_on_target(
         dist=dist,
         epoch_end=epoch_end if hooks else None,
         select_on=sel.select_on,
+        balanced_streams=balanced,
     )
     return train(module, strategy, budget, data, val, run, resume_from=saved)
 
@@ -223,6 +248,7 @@ def run(
             dist=dist,
             device=device,
             epoch_probe=epoch_probe,
+            class_balance=cfg.finetune.class_balance,
         )
         metrics = {
             "val_accuracy": fit.selected_val_accuracy(cfg.finetune.select != "last"),
