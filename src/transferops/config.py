@@ -495,6 +495,35 @@ MethodName = Literal[
 ``transferops.transfer`` (written out here because the strategies import torch and this module; a test keeps
 the three lists equal)."""
 
+MethodChoice = Literal[MethodName, "recipe", "auto"]
+"""What ``finetune.method`` may name: a method, or a rule that picks one from the data when finetune runs
+(``transferops.transfer.choice``): ``recipe`` (FixMatch at k > 0 with unlabelled target images, fine-tuning
+without them, SHOT at k = 0) or ``auto`` (a budgeted search over ``finetune.auto.candidates`` on the labelled
+val split)."""
+
+
+@dataclass(frozen=True)
+class AutoConfig:
+    """``finetune.method: auto``: a small budgeted search, selected on the labelled target val split (k > 0)."""
+
+    candidates: list[str] = field(default_factory=lambda: ["full_finetune", "fixmatch", "l2sp", "mcc"])
+    """Methods tried, the first being the default the others must beat (ties and near-ties go to it). A
+    candidate the data rules out (a new class set for a domain-adaptation method, no unlabelled images for
+    FixMatch) is skipped and said so."""
+    epochs: int = 2
+    """Epochs each candidate trains in the search (the finetune budget otherwise); the winner is then trained
+    with the full budget."""
+    min_margin: float = 0.02
+    """A candidate replaces the default only when its val accuracy beats it by more than this: with 5 val
+    images per class one image is 2 points on 10 classes, so smaller gaps are selection noise."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.candidates) > 0, "auto.candidates", "a non-empty list of methods", self.candidates)
+        unknown = [m for m in self.candidates if m not in typing.get_args(MethodName)]
+        _check(not unknown, "auto.candidates", "methods among " + ", ".join(typing.get_args(MethodName)), unknown)
+        _check(self.epochs > 0, "auto.epochs", "an int > 0", self.epochs)
+        _check(0.0 <= self.min_margin < 1.0, "auto.min_margin", "a float in [0, 1)", self.min_margin)
+
 
 @dataclass(frozen=True)
 class FinetuneConfig(TrainConfig):
@@ -503,8 +532,10 @@ class FinetuneConfig(TrainConfig):
     epochs: int = 6
     steps_per_epoch: int = 25
     lr: float = 1e-3
-    method: MethodName = "full_finetune"
-    """The transfer method; its settings are the sub-section of the same name below."""
+    method: MethodChoice = "full_finetune"
+    """The transfer method (its settings are the sub-section of the same name below), or ``recipe`` / ``auto``:
+    chosen from the data when finetune runs; lineage, metrics and tags record the method chosen."""
+    auto: AutoConfig = field(default_factory=AutoConfig)
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     full_finetune: FinetuneMethodConfig = field(default_factory=FinetuneMethodConfig)
     l2sp: L2SPConfig = field(default_factory=L2SPConfig)
@@ -534,8 +565,14 @@ class FinetuneConfig(TrainConfig):
 
     @property
     def method_config(self) -> MethodConfig:
-        """The settings of the selected method."""
-        return getattr(self, self.method)
+        """The settings of the selected method (a concrete one: ``recipe``/``auto`` are resolved first)."""
+        return self.settings(self.method)
+
+    def settings(self, method: str) -> MethodConfig:
+        """The typed settings of ``method``."""
+        if method not in typing.get_args(MethodName):
+            raise ConfigError(f"finetune.method: {method!r} is chosen when finetune runs, it has no settings")
+        return getattr(self, method)
 
 
 def method_names() -> list[str]:

@@ -31,9 +31,9 @@ Pool = Literal["cpu", "gpu"]
 
 
 def _uses_source_data(cfg: Config) -> bool:
-    from transferops.transfer import STRATEGIES
+    from transferops.transfer.choice import uses_source_data
 
-    return STRATEGIES[cfg.finetune.method].uses_source_data
+    return uses_source_data(cfg)
 
 
 @dataclass(frozen=True)
