@@ -532,9 +532,11 @@ class FinetuneConfig(TrainConfig):
     epochs: int = 6
     steps_per_epoch: int = 25
     lr: float = 1e-3
-    method: MethodChoice = "full_finetune"
+    method: MethodChoice = "recipe"
     """The transfer method (its settings are the sub-section of the same name below), or ``recipe`` / ``auto``:
-    chosen from the data when finetune runs; lineage, metrics and tags record the method chosen."""
+    chosen from the data when finetune runs; lineage, metrics and tags record the method chosen. The default,
+    ``recipe``, uses the unlabelled target images a user nearly always has (FixMatch at k > 0; fine-tuning
+    when there are none; reports/methods-notes.md)."""
     auto: AutoConfig = field(default_factory=AutoConfig)
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     full_finetune: FinetuneMethodConfig = field(default_factory=FinetuneMethodConfig)
