@@ -25,6 +25,7 @@ TINY = [
     "pretrain.augment=affine",  # a width-8 model in 3 epochs cannot afford photometric invariance as well
     "finetune.epochs=2",
     "finetune.steps_per_epoch=4",
+    "finetune.method=full_finetune",  # the recipe (FixMatch) is tested on its own: tests/unit/test_choice.py
     "register.min_accuracy=0.1",
     "mlflow.system_metrics=false",  # a sampling thread per training run; tests/unit/test_tracking.py turns it on
 ]

@@ -486,6 +486,8 @@ class FixMatchConfig(MethodConfig):
 
 SELECTION_CRITERIA = ("snd",)
 """Label-free model-selection criteria (``transferops.evaluation.selection.CRITERIA``)."""
+ClassBalance = Literal["none", "weighted", "sampler"]
+"""How ``finetune.class_balance`` counters an imbalanced labelled target."""
 Select = Literal["last", "val", "snd"]
 """What ``finetune.select`` may name: the last epoch, the best target val accuracy, or a label-free criterion."""
 MethodName = Literal[
@@ -495,6 +497,35 @@ MethodName = Literal[
 ``transferops.transfer`` (written out here because the strategies import torch and this module; a test keeps
 the three lists equal)."""
 
+MethodChoice = Literal[MethodName, "recipe", "auto"]
+"""What ``finetune.method`` may name: a method, or a rule that picks one from the data when finetune runs
+(``transferops.transfer.choice``): ``recipe`` (FixMatch at k > 0 with unlabelled target images, fine-tuning
+without them, SHOT at k = 0) or ``auto`` (a budgeted search over ``finetune.auto.candidates`` on the labelled
+val split)."""
+
+
+@dataclass(frozen=True)
+class AutoConfig:
+    """``finetune.method: auto``: a small budgeted search, selected on the labelled target val split (k > 0)."""
+
+    candidates: list[str] = field(default_factory=lambda: ["full_finetune", "fixmatch", "l2sp", "mcc"])
+    """Methods tried, the first being the default the others must beat (ties and near-ties go to it). A
+    candidate the data rules out (a new class set for a domain-adaptation method, no unlabelled images for
+    FixMatch) is skipped and said so."""
+    epochs: int = 2
+    """Epochs each candidate trains in the search (the finetune budget otherwise); the winner is then trained
+    with the full budget."""
+    min_margin: float = 0.02
+    """A candidate replaces the default only when its val accuracy beats it by more than this: with 5 val
+    images per class one image is 2 points on 10 classes, so smaller gaps are selection noise."""
+
+    def __post_init__(self) -> None:
+        check_value(len(self.candidates) > 0, "auto.candidates", "a non-empty list of methods", self.candidates)
+        unknown = [m for m in self.candidates if m not in typing.get_args(MethodName)]
+        check_value(not unknown, "auto.candidates", "methods among " + ", ".join(typing.get_args(MethodName)), unknown)
+        check_value(self.epochs > 0, "auto.epochs", "an int > 0", self.epochs)
+        check_value(0.0 <= self.min_margin < 1.0, "auto.min_margin", "a float in [0, 1)", self.min_margin)
+
 
 @dataclass(frozen=True)
 class FinetuneConfig(TrainConfig):
@@ -503,8 +534,12 @@ class FinetuneConfig(TrainConfig):
     epochs: int = 6
     steps_per_epoch: int = 25
     lr: float = 1e-3
-    method: MethodName = "full_finetune"
-    """The transfer method; its settings are the sub-section of the same name below."""
+    method: MethodChoice = "recipe"
+    """The transfer method (its settings are the sub-section of the same name below), or ``recipe`` / ``auto``:
+    chosen from the data when finetune runs; lineage, metrics and tags record the method chosen. The default,
+    ``recipe``, uses the unlabelled target images a user nearly always has (FixMatch at k > 0; fine-tuning
+    when there are none; reports/methods-notes.md)."""
+    auto: AutoConfig = field(default_factory=AutoConfig)
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     full_finetune: FinetuneMethodConfig = field(default_factory=FinetuneMethodConfig)
     l2sp: L2SPConfig = field(default_factory=L2SPConfig)
@@ -522,6 +557,11 @@ class FinetuneConfig(TrainConfig):
     labelled training images; with none (k = 0) no target label may be read, so the last epoch. ``last``: the
     last epoch. ``snd``: the best soft neighbourhood density of the predictions on the unlabelled target
     (Saito et al., 2021): label-free, usable at k = 0."""
+    class_balance: ClassBalance = "none"
+    """Counter an imbalanced labelled target (real targets are long-tailed). ``weighted``: the labelled target
+    cross-entropy weighs class c by n / (K n_c) (scikit-learn's "balanced"); ``sampler``: labelled batches draw
+    classes uniformly (:class:`~transferops.data.batches.BalancedBatchStream`); ``none``: neither. The
+    from-scratch baseline trains with the same setting, so the gain compares like with like."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -529,8 +569,14 @@ class FinetuneConfig(TrainConfig):
 
     @property
     def method_config(self) -> MethodConfig:
-        """The settings of the selected method."""
-        return getattr(self, self.method)
+        """The settings of the selected method (a concrete one: ``recipe``/``auto`` are resolved first)."""
+        return self.settings(self.method)
+
+    def settings(self, method: str) -> MethodConfig:
+        """The typed settings of ``method``."""
+        if method not in typing.get_args(MethodName):
+            raise ConfigError(f"finetune.method: {method!r} is chosen when finetune runs, it has no settings")
+        return getattr(self, method)
 
 
 def method_names() -> list[str]:
@@ -565,6 +611,10 @@ class EvaluateConfig:
         check_value(self.review_per_class >= 0, "review_per_class", "an int >= 0", self.review_per_class)
 
 
+GateMetric = Literal["accuracy", "balanced_accuracy", "macro_f1"]
+"""Test-split metrics the promotion gate can compare (``transferops.evaluation.metrics.GATE_METRICS``)."""
+
+
 @dataclass(frozen=True)
 class RegisterConfig:
     """The MLflow model registry and the promotion gate."""
@@ -577,8 +627,11 @@ class RegisterConfig:
     min_accuracy: float = 0.5
     """Absolute floor: a candidate below it is not registered at all (the decision is still logged)."""
     min_delta: float = 0.0
-    """Promote when accuracy >= champion accuracy + min_delta, both scored now on the same test split;
+    """Promote when the metric >= the champion's + min_delta, both scored now on the same test split;
     a negative value tolerates a small drop (e.g. -0.01), a positive one demands a real improvement."""
+    metric: GateMetric = "accuracy"
+    """What the gate compares (and ``min_accuracy`` floors): ``accuracy``; ``balanced_accuracy`` (mean
+    per-class recall) or ``macro_f1`` for an imbalanced target, where accuracy rewards the majority class."""
     int8_max_drop: float = 0.01
     """Largest test-accuracy loss (fraction: 0.01 = 1 point) of the INT8 ONNX export against fp32 for it to ship
     with the version; a version whose INT8 export loses more ships fp32 only, and its model card says why."""

@@ -24,6 +24,12 @@ def _labels(k: Any) -> str:
     return "all labels" if k is None else f"{k} label{'' if k == 1 else 's'} per class"
 
 
+def _method(m: dict[str, Any]) -> str:
+    """The method trained, and what chose it when that was ``recipe`` or ``auto``."""
+    by = m.get("method_chosen_by")
+    return m["method"] if by in (None, m["method"]) else f"{m['method']}, chosen by {by}"
+
+
 def _live_aliases(tracking_uri: str, name: str, version: str) -> list[str] | None:
     try:
         import mlflow
@@ -67,8 +73,9 @@ def summary_text(evaluate_dir: Path, register_dir: Path, outputs: str, tracking_
         [
             "",
             "transferops pipeline summary",
-            f"  target test accuracy  {_pct(m['accuracy'])}   ({m['method']}, {_labels(m['labels_per_class'])}, "
+            f"  target test accuracy  {_pct(m['accuracy'])}   ({_method(m)}, {_labels(m['labels_per_class'])}, "
             f"{m['n_test']} test images, macro-F1 {m['macro_f1']:.3f}, ECE {m['ece']:.3f})",
+            f"  balanced accuracy     {_pct(m.get('balanced_accuracy'))}   (mean per-class recall)",
             f"  source-only baseline  {_pct(m.get('source_only_accuracy'))}",
             f"  from-scratch baseline {_pct(m.get('from_scratch_accuracy'))}",
             f"  transfer gain         {'   n/a' if gain is None else f'{100 * gain:+5.1f}'} points",

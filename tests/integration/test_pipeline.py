@@ -34,6 +34,7 @@ def test_cli_pipeline_registers_a_champion_that_reproduces_its_accuracy(tiny_par
     metrics = json.loads((paths.stage("evaluate") / "metrics.json").read_text())
     for key in (
         "accuracy",
+        "balanced_accuracy",
         "macro_f1",
         "ece",
         "source_only_accuracy",

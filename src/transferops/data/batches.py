@@ -69,6 +69,34 @@ class BatchStream:
         return torch.from_numpy(self.images.take(idx.numpy())), self.labels[idx]
 
 
+BALANCED_STREAM_KEY = 7919
+"""Mixed into a class-balanced stream's generator keys, so its draws differ from a plain stream's."""
+
+
+class BalancedBatchStream(BatchStream):
+    """Class-balanced batches: every row picks a class uniformly among those present, then an image of that
+    class uniformly (with replacement), so a 10:1 imbalanced labelled split is seen ~1:1 per batch.
+
+    Like :class:`BatchStream`, the batch at ``step`` is a pure function of (seed, stream, step); the epoch
+    length (:attr:`steps_per_pass`) stays that of a plain pass over the split.
+    """
+
+    def __init__(self, split: Split, batch_size: int, seed: int, stream: int = 0, rank: int = 0, world: int = 1):
+        super().__init__(split, batch_size, seed, stream, rank, world)
+        order = torch.argsort(self.labels, stable=True)
+        classes, counts = torch.unique_consecutive(self.labels[order], return_counts=True)
+        self._order, self._counts = order, counts
+        self._starts = torch.cumsum(counts, 0) - counts
+        self.classes = classes
+
+    def indices(self, step: int) -> torch.Tensor:
+        g = generator(self.seed, self.stream, BALANCED_STREAM_KEY, step)
+        cls = torch.randint(len(self._counts), (self.batch_size,), generator=g)
+        within = (torch.rand(self.batch_size, generator=g) * self._counts[cls]).long()
+        idx = self._order[self._starts[cls] + torch.minimum(within, self._counts[cls] - 1)]
+        return idx[self.rank :: self.world]
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1] (models normalise internally); float inputs, such as cached
     features, pass through unchanged."""

@@ -27,6 +27,24 @@ def macro_f1(labels: np.ndarray, preds: np.ndarray) -> float:
     return float(f1_score(labels, preds, average="macro", zero_division=0))
 
 
+def balanced_accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
+    """Mean recall over the classes present in ``labels`` (scikit-learn): on a 10:1 imbalanced split,
+    predicting the majority class everywhere scores 0.5 on two classes, not 0.91."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    return float(balanced_accuracy_score(labels, preds))
+
+
+def accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
+    """Share of correct predictions."""
+    return float((np.asarray(preds) == np.asarray(labels)).mean())
+
+
+GATE_METRICS = {"accuracy": accuracy, "balanced_accuracy": balanced_accuracy, "macro_f1": macro_f1}
+"""Metrics of (labels, predictions) the promotion gate can compare (``register.metric``; a test keeps this
+registry equal to ``transferops.config.GateMetric``)."""
+
+
 def calibration_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
     """Per equal-width confidence bin: count, mean confidence and accuracy (nan for empty bins)."""
     conf = probs.max(1)
@@ -59,6 +77,7 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, classes: list[s
     cm = confusion_matrix(labels, preds, len(classes))
     return {
         "accuracy": float((preds == labels).mean()),
+        "balanced_accuracy": balanced_accuracy(labels, preds),
         "macro_f1": macro_f1(labels, preds),
         "ece": expected_calibration_error(probs, labels, ece_bins),
         "nll": negative_log_likelihood(probs, labels),

@@ -66,9 +66,9 @@ def run_stage_in_workspace(
 def source_data_input(cfg: Config, path: str | None) -> dict[str, str]:
     """The finetune task's ``source_data`` input: absent for a source-free method; for any other method its
     absence is a one-line error naming the method (the DAG was compiled for a source-free one)."""
-    from transferops.transfer import STRATEGIES
+    from transferops.transfer.choice import uses_source_data
 
-    if not STRATEGIES[cfg.finetune.method].uses_source_data:
+    if not uses_source_data(cfg):
         return {}
     if not path:
         raise ConfigError(

@@ -72,10 +72,12 @@ class GatePolicy:
     min_delta: float
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
+    metric: str = "accuracy"
+    """What the candidate's and champion's scores are (``register.metric``); named in every reason."""
 
     @classmethod
     def from_config(cls, reg: RegisterConfig) -> GatePolicy:
-        return cls(reg.min_accuracy, reg.min_delta, reg.champion_alias, reg.challenger_alias)
+        return cls(reg.min_accuracy, reg.min_delta, reg.champion_alias, reg.challenger_alias, reg.metric)
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,12 @@ def decide(candidate: float, champion: float | None, champion_version: str | Non
     ``champion`` is None when there is no champion, or when one exists but could not be re-scored (then
     ``champion_version`` is set and the candidate is registered but not promoted: fail closed).
     """
-    floor = policy.min_accuracy
+    floor, metric = policy.min_accuracy, policy.metric
     if not candidate >= floor:  # also catches nan
-        reason = f"accuracy {candidate:.4f} < register.min_accuracy {floor:.4f}: not registered"
+        reason = f"{metric} {candidate:.4f} < register.min_accuracy {floor:.4f}: not registered"
         return GateDecision(False, False, reason, candidate, champion, champion_version)
     if champion_version is None:
-        reason = f"accuracy {candidate:.4f} >= floor {floor:.4f}; no champion yet"
+        reason = f"{metric} {candidate:.4f} >= floor {floor:.4f}; no champion yet"
         return GateDecision(True, True, reason, candidate)
     if champion is None:
         reason = f"champion v{champion_version} could not be re-scored on this test split: champion kept"
@@ -110,8 +112,8 @@ def decide(candidate: float, champion: float | None, champion_version: str | Non
     bar = champion + policy.min_delta
     versus = f"champion v{champion_version} {champion:.4f} (re-scored now) + min_delta {policy.min_delta:+.4f}"
     if candidate >= bar:
-        return GateDecision(True, True, f"accuracy {candidate:.4f} >= {versus}", candidate, champion, champion_version)
-    return GateDecision(True, False, f"accuracy {candidate:.4f} < {versus}", candidate, champion, champion_version)
+        return GateDecision(True, True, f"{metric} {candidate:.4f} >= {versus}", candidate, champion, champion_version)
+    return GateDecision(True, False, f"{metric} {candidate:.4f} < {versus}", candidate, champion, champion_version)
 
 
 # ------------------------------------------------------------------------------------------------ tasks
@@ -211,7 +213,8 @@ class Candidate:
 
     task: Task
     accuracy: float
-    """Accuracy on the target test split, as the evaluate stage measured it (full precision)."""
+    """The gated metric (``register.metric``; accuracy by default) on the target test split, as the evaluate
+    stage measured it (full precision)."""
     fingerprint: str
     """Identifies this exact model and gate settings: a retried registration finds its version by it."""
     tags: dict[str, str] = field(default_factory=dict)

@@ -56,6 +56,7 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
             same_classes=True,
             log_metrics=tracker.log_metrics,
             desc="baseline",
+            class_balance=cfg.finetune.class_balance,
         )
         metrics = {
             "trained": True,

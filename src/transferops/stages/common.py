@@ -141,6 +141,27 @@ def start_stage(cfg: Config) -> None:
     seed_everything(cfg.base.seed, cfg.base.deterministic)
     if cfg.base.num_threads:
         torch.set_num_threads(cfg.base.num_threads)
+    else:
+        warn_shared_cpu(torch.get_num_threads())
+
+
+def warn_shared_cpu(threads: int) -> str | None:
+    """A warning when torch's threads outnumber the idle cores: on a CPU other processes keep busy, intra-op
+    threads wait on each other at every op (small models and batches suffer most), so a step can be many
+    times slower than with one thread. The thread count is not changed here: it can change floating-point
+    summation order, so a run's results must not depend on the machine's load."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if threads <= 1 or busy < cores:
+        return None
+    msg = (
+        f"the CPU is shared (load {busy:.1f} on {cores} cores) and torch runs {threads} threads: they contend "
+        "and training can be many times slower; set base.num_threads=1 (or fewer than the idle cores)"
+    )
+    log.warning("%s", msg)
+    return msg
 
 
 def save_resolved_config(cfg: Config, out_dir: Path) -> None:

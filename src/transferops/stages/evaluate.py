@@ -31,6 +31,7 @@ from transferops.paths import Paths
 from transferops.stages.common import StageResult, save_resolved_config, staged_output, start_stage, write_json
 from transferops.tracking import NullTracker
 from transferops.training.seeding import resolve_device
+from transferops.transfer.choice import CHOOSERS, possible_methods
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
         guard = transfer_guard(cfg, model, paths, made["labels_per_class"], device)
         metrics = {
             "accuracy": report["accuracy"],
+            "balanced_accuracy": report["balanced_accuracy"],
             "macro_f1": report["macro_f1"],
             "ece": report["ece"],
             "nll": report["nll"],
@@ -70,6 +72,7 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
             "n_test": len(test),
             "labels_per_class": made["labels_per_class"],
             "method": made["method"],
+            "method_chosen_by": made["chosen_by"],
             "per_class_accuracy": report["per_class_accuracy"],
             **guard,
             **tta_metrics(model, test, cfg.evaluate.tta, probs, device),
@@ -197,7 +200,8 @@ def provenance(cfg: Config, ckpt: dict[str, Any], target: dict[str, Any], paths:
     method = lin.get("method") or ckpt["config"]["finetune"]["method"]
     k = lin.get("labels_per_class", ckpt["config"]["ingest"]["target"]["split"]["labels_per_class"])
     notes = []
-    if cfg.finetune.method != method:
+    chosen_from_data = cfg.finetune.method in CHOOSERS and method in possible_methods(cfg.finetune)
+    if cfg.finetune.method != method and not chosen_from_data:
         notes.append(f"params say finetune.method={cfg.finetune.method}, the checkpoint was trained with {method}")
     asked = cfg.ingest.target.split.labels_per_class
     if asked is not None and asked != k:
@@ -205,7 +209,7 @@ def provenance(cfg: Config, ckpt: dict[str, Any], target: dict[str, Any], paths:
     note = "; ".join(notes) + ("; reporting what the checkpoint records" if notes else "")
     if note:
         log.warning("evaluate: %s", note)
-    return {"method": method, "labels_per_class": k, "note": note}
+    return {"method": method, "labels_per_class": k, "note": note, "chosen_by": lin.get("method_choice")}
 
 
 def _fmt(x: float | None) -> str:

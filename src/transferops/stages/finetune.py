@@ -28,6 +28,7 @@ from transferops.training.distributed import SINGLE, Distributed
 from transferops.training.loop import FitResult, TrainRun, load_resume_state, train
 from transferops.training.seeding import resolve_device
 from transferops.transfer import Strategy, TransferContext, get_strategy
+from transferops.transfer.choice import AUTO, CHOOSERS, Choice, TargetFacts, resolve_recipe
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,27 @@ def selection(select: str, has_labels: bool) -> Selection:
             return Selection(True, "val_accuracy", True, "best target val accuracy")
         return Selection(False, "val_accuracy", False, "last epoch (k = 0: no target label is read)")
     return Selection(True, f"target_{select}", has_labels, f"best {select} on the unlabelled target (label-free)")
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """scikit-learn's "balanced" weights, n / (K' n_c) over the K' classes present; 0 for an absent class
+    (it never appears as a label, so its weight is never read). Equal counts give all ones."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.where(present, counts.sum() / (max(1, present.sum()) * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def apply_class_balance(strategy: Strategy, mode: str, data: dict[str, Split], num_classes: int) -> tuple[str, ...]:
+    """Set up ``finetune.class_balance`` on the labelled target stream: class weights on the strategy's target
+    cross-entropy (``weighted``), or the streams to draw class-balanced (``sampler``, returned)."""
+    labeled = data.get("labeled")
+    if mode == "none" or labeled is None or len(labeled) == 0:
+        return ()
+    if mode == "weighted":
+        strategy.class_weight = balanced_class_weights(labeled.labels, num_classes)
+        return ()
+    return ("labeled",)
 
 
 MONITOR_IMAGES = 1000
@@ -108,13 +130,17 @@ def fit_on_target(
     dist: Distributed = SINGLE,
     device: torch.device | None = None,
     epoch_probe: Callable[[torch.nn.Module, int], None] | None = None,
+    class_balance: str = "none",
+    monitor: bool = True,
 ) -> FitResult:
     """Prepare ``model`` with ``strategy`` and train it on the target data.
 
     ``train_cfg.select`` chooses the weights kept (:func:`selection`): at k = 0 no target label is read, so
     only ``last`` or a label-free criterion can choose. With an unlabelled target split, label-free metrics
     are logged after every epoch (:func:`label_free_monitor`). ``epoch_probe(model, epoch)`` is called after
-    every epoch too (benchmarks use it to score epochs offline; it cannot change training).
+    every epoch too (benchmarks use it to score epochs offline; it cannot change training). ``class_balance``
+    is ``finetune.class_balance`` (:func:`apply_class_balance`); ``monitor`` false skips the label-free monitor
+    (the ``auto`` search selects on val accuracy only).
     """
     paths = Paths.from_config(cfg)
     manifest = read_manifest(paths.target_data)
@@ -123,6 +149,7 @@ def fit_on_target(
     strategy.prepare(model, ctx)
     data = stream_data(paths, strategy)
     strategy.attach(data, device)
+    balanced = apply_class_balance(strategy, class_balance, data, ctx.num_classes)
     has_labels = manifest["splits"]["labeled"]["count"] > 0
     sel = selection(train_cfg.select, has_labels)
     val = load_split(paths.target_data, "val")
@@ -130,7 +157,7 @@ def fit_on_target(
         val = val.head(0)
     budget = train_cfg.budget(select_best=sel.select_best)
     hooks = []
-    if manifest["splits"]["unlabeled"]["count"] > 1:
+    if monitor and manifest["splits"]["unlabeled"]["count"] > 1:
         unlabeled = monitor_sample(load_split(paths.target_data, "unlabeled"), cfg.base.seed)
         hooks.append(label_free_monitor(unlabeled, device, budget.precision))
     elif sel.select_on != "val_accuracy":
@@ -159,8 +186,112 @@ def fit_on_target(
         dist=dist,
         epoch_end=epoch_end if hooks else None,
         select_on=sel.select_on,
+        balanced_streams=balanced,
     )
     return train(module, strategy, budget, data, val, run, resume_from=saved)
+
+
+def choose_method(
+    cfg: Config, target: dict, source_classes: list[str], *, device: torch.device, log_metrics=None
+) -> Choice:
+    """The method finetune trains: ``finetune.method`` itself, or what ``recipe`` / ``auto`` choose from the
+    target's image counts and classes (:mod:`transferops.transfer.choice`); ``auto`` at k = 0 has no labelled
+    val image to select on and takes the recipe's method."""
+    method = cfg.finetune.method
+    if method not in CHOOSERS:
+        return Choice(method, method, "finetune.method")
+    facts = TargetFacts.of(target, source_classes)
+    if method == AUTO and facts.labeled > 0:
+        return search_method(cfg, facts, target, device=device, log_metrics=log_metrics)
+    choice = resolve_recipe(facts)
+    if method == AUTO:
+        return Choice(choice.method, AUTO, f"auto at k = 0 (no labelled val image to select on), {choice.reason}")
+    return choice
+
+
+def _cannot_run(strategy: Strategy, facts: TargetFacts, paths: Paths) -> str | None:
+    """Why a candidate cannot train on this data (a stream it needs is empty), or None."""
+    have = {"labeled": facts.labeled > 0, "unlabeled": facts.unlabeled > 0, "source": paths.source_data.is_dir()}
+    missing = [s for s in strategy.streams if not have[s]]
+    return f"needs {', '.join(missing)} images, there are none" if missing else None
+
+
+def search_method(cfg: Config, facts: TargetFacts, target: dict, *, device: torch.device, log_metrics=None) -> Choice:
+    """``finetune.method: auto``: train each of ``finetune.auto.candidates`` for ``auto.epochs`` from the source
+    model and score it on the labelled target **val** split (never the test split).
+
+    Selection noise: with a few val images per class one image moves the score by 1/n_val, so the first
+    candidate (the default) is kept unless another beats it by more than ``auto.min_margin``; among the others
+    ties go to the earlier candidate. Every candidate's score is logged (``auto_val_accuracy_<method>``) and
+    returned with the skipped ones, the spread of the scores and each score's binomial standard error.
+    """
+    auto, paths = cfg.finetune.auto, Paths.from_config(cfg)
+    n_val = target["splits"]["val"]["count"]
+    if n_val == 0:
+        raise ConfigError(
+            "finetune.method: auto selects on the labelled target val split, which is empty "
+            "(ingest.target.split.val_per_class)"
+        )
+    budget = replace(cfg.finetune, epochs=auto.epochs, select="val")
+    scores: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    for method in auto.candidates:
+        strategy = get_strategy(method, cfg.finetune.settings(method), cfg.finetune.label_smoothing)
+        why = _cannot_run(strategy, facts, paths)
+        if why is None:
+            model, _ = load_model(paths.source_model)
+            try:
+                fit = fit_on_target(
+                    cfg,
+                    model,
+                    strategy,
+                    budget,
+                    same_classes=facts.same_classes,
+                    desc=f"auto {method}",
+                    device=device,
+                    class_balance=cfg.finetune.class_balance,
+                    monitor=False,
+                )
+                scores[method] = fit.best_val_accuracy
+            except ConfigError as exc:  # e.g. domain adaptation on a new class set
+                why = str(exc)
+        if why is not None:
+            skipped[method] = why
+            log.info("auto: %s skipped (%s)", method, why)
+            continue
+        log.info("auto: %s val accuracy %.4f after %d epochs", method, scores[method], auto.epochs)
+        if log_metrics is not None:
+            log_metrics({f"auto_val_accuracy_{method}": scores[method]}, None)
+    if not scores:
+        raise ConfigError(f"finetune.auto.candidates: none can train on this target ({skipped})")
+    winner = pick(scores, auto.min_margin)
+    default = next(iter(scores))
+    spread = max(scores.values()) - min(scores.values())
+    search = {
+        "scores": scores,
+        "skipped": skipped,
+        "default": default,
+        "winner": winner,
+        "n_val": n_val,
+        "spread": spread,
+        "standard_error": {m: float(np.sqrt(s * (1 - s) / n_val)) for m, s in scores.items()},
+        "min_margin": auto.min_margin,
+        "epochs": auto.epochs,
+    }
+    reason = (
+        f"auto: {winner} val {scores[winner]:.3f} of {len(scores)} candidates after {auto.epochs} epochs "
+        f"(default {default} {scores[default]:.3f}, margin {auto.min_margin:.3f}, spread {spread:.3f}, "
+        f"{n_val} val images)"
+    )
+    return Choice(winner, AUTO, reason, search)
+
+
+def pick(scores: dict[str, float], min_margin: float) -> str:
+    """The first entry (the default) unless the best other beats it by more than ``min_margin``; ties among
+    the others go to the earlier one."""
+    default = next(iter(scores))
+    best = max(scores, key=lambda m: (scores[m], -list(scores).index(m)))
+    return best if scores[best] > scores[default] + min_margin else default
 
 
 def finetune_hash(cfg: Config, target_manifest: dict) -> str:
@@ -188,27 +319,32 @@ def run(
             f"{paths.source_model}: trained on {source_ckpt['in_channels']}x{source_ckpt['image_size']}px images, "
             f"the target is {target['image_shape'][0]}x{target['image_shape'][1]}px; re-run pretrain after ingest"
         )
-    strategy = get_strategy(cfg.finetune.method, cfg.finetune.method_config, cfg.finetune.label_smoothing)
     labels_per_class = target["splits"]["labeled"]["count"] // max(1, len(target["classes"]))
-    lin = lineage(
-        cfg,
-        source_version=source_ckpt["lineage"].get("source_version"),
-        target_version=target["version"],
-        source_checkpoint_sha256=file_sha256(paths.source_model),
-        method=strategy.name,
-        labels_per_class=labels_per_class,
-        seed=cfg.base.seed,
-    )
-    log.info(
-        "finetune: method %s, %s classes (%s source classes)",
-        strategy.name,
-        len(target["classes"]),
-        "same" if same else "different",
-    )
     store = state_store(cfg, "finetune")
     saved = load_resume_state(store, finetune_hash(cfg, target), restart)
-    tags = {"transferops.method": strategy.name}
+    tags = {"transferops.method_choice": cfg.finetune.method}
     with tracker.stage_run("finetune", cfg, tags, resume_run_id=saved and saved.get("tracking_run_id")):
+        choice = choose_method(cfg, target, source_ckpt["classes"], device=device, log_metrics=tracker.log_metrics)
+        strategy = get_strategy(choice.method, cfg.finetune.settings(choice.method), cfg.finetune.label_smoothing)
+        tracker.set_tags({"transferops.method": strategy.name, "transferops.method_reason": choice.reason})
+        lin = lineage(
+            cfg,
+            source_version=source_ckpt["lineage"].get("source_version"),
+            target_version=target["version"],
+            source_checkpoint_sha256=file_sha256(paths.source_model),
+            method=strategy.name,
+            method_choice=choice.chosen_by,
+            labels_per_class=labels_per_class,
+            seed=cfg.base.seed,
+        )
+        log.info(
+            "finetune: method %s (%s), %s classes (%s source classes: %s)",
+            strategy.name,
+            choice.reason,
+            len(target["classes"]),
+            "same" if same else "different",
+            "source head kept" if same else "a new head",
+        )
         fit = fit_on_target(
             cfg,
             model,
@@ -223,8 +359,13 @@ def run(
             dist=dist,
             device=device,
             epoch_probe=epoch_probe,
+            class_balance=cfg.finetune.class_balance,
         )
         metrics = {
+            "method": strategy.name,
+            "method_chosen_by": choice.chosen_by,
+            "method_reason": choice.reason,
+            **({"auto": choice.search} if choice.search is not None else {}),
             "val_accuracy": fit.selected_val_accuracy(cfg.finetune.select != "last"),
             "labels_per_class": labels_per_class,
             "best_epoch": fit.best_epoch,

@@ -31,9 +31,9 @@ Pool = Literal["cpu", "gpu"]
 
 
 def _uses_source_data(cfg: Config) -> bool:
-    from transferops.transfer import STRATEGIES
+    from transferops.transfer.choice import uses_source_data
 
-    return STRATEGIES[cfg.finetune.method].uses_source_data
+    return uses_source_data(cfg)
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,14 @@ GRAPH: tuple[Stage, ...] = (
         "train the same architecture from scratch on the labelled target only, with the finetune budget",
         inputs=("target_data", "ranking"),
         outputs=("baseline_model",),
-        params=("base", "model", "pretrain.lr", *BASELINE_BUDGET, "evaluate.from_scratch_baseline"),
+        params=(
+            "base",
+            "model",
+            "pretrain.lr",
+            *BASELINE_BUDGET,
+            "finetune.class_balance",
+            "evaluate.from_scratch_baseline",
+        ),
         files=(Output("baseline"),),
         pool="gpu",
     ),

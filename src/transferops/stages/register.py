@@ -72,8 +72,9 @@ def pip_requirements() -> list[str]:
     ]
 
 
-def score_uri(model_uri: str, test: Split) -> float:
-    """Accuracy on ``test`` of a model loaded from MLflow (the torch flavour).
+def score_uri(model_uri: str, test: Split, metric: str = "accuracy") -> float:
+    """``metric`` (:data:`~transferops.evaluation.metrics.GATE_METRICS`) on ``test`` of a model loaded from
+    MLflow (the torch flavour).
 
     The logged model is a torch.export program: already an inference graph, it refuses ``.eval()``, so it
     is called as is.
@@ -86,7 +87,9 @@ def score_uri(model_uri: str, test: Split) -> float:
     model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     with torch.no_grad():
         preds = np.concatenate([model(x).argmax(1).numpy() for x, _ in iterate(test, 512)])
-    return float((preds == test.labels).mean())
+    from transferops.evaluation.metrics import GATE_METRICS
+
+    return GATE_METRICS[metric](np.asarray(test.labels), preds)
 
 
 @dataclass
@@ -152,7 +155,12 @@ def make_candidate(cfg: Config, inputs: RegisterInputs, pipeline_run_id: str | N
     tags = {f"transferops.{k}": str(v) for k, v in lin.items() if v is not None}
     if inputs.metrics.get("negative_transfer"):
         tags["transferops.negative_transfer"] = inputs.metrics["negative_transfer"]
-    return Candidate(task, float(inputs.metrics["accuracy"]), fingerprint(cfg, inputs.model_sha256), tags), lin
+    metric = cfg.register.metric
+    if metric not in inputs.metrics:
+        raise CheckpointError(
+            f"evaluate metrics.json has no {metric!r} (register.metric): re-run `transferops evaluate`"
+        )
+    return Candidate(task, float(inputs.metrics[metric]), fingerprint(cfg, inputs.model_sha256), tags), lin
 
 
 def fingerprint(cfg: Config, model_sha256: str) -> str:
@@ -379,6 +387,7 @@ def model_card(name: str, inputs: RegisterInputs, lin: dict[str, Any], decision:
     method, k = lin.get("method", m.get("method")), lin.get("labels_per_class", m.get("labels_per_class"))
     rows = [
         ("accuracy", _pct(m["accuracy"])),
+        ("balanced accuracy", _pct(m.get("balanced_accuracy"))),
         ("macro-F1", _pct(m["macro_f1"])),
         ("ECE (calibration error)", f"{m['ece']:.4f}"),
         ("source-only baseline", _pct(m.get("source_only_accuracy"))),
@@ -527,7 +536,7 @@ def run(cfg: Config, tracker: MlflowTracker) -> StageResult:
             name,
             candidate,
             GatePolicy.from_config(cfg.register),
-            score_champion=lambda uri: score_uri(uri, inputs.test),
+            score_champion=lambda uri: score_uri(uri, inputs.test, cfg.register.metric),
             log_model=lambda: log_and_keep(t),
             describe=lambda decision: model_card(name, inputs, lin, decision, logged[-1].int8 if logged else None),
             model_description=registered_model_description(name, candidate.task),

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from transferops.config import TrainConfig
 from transferops.data.augment import train_transform
-from transferops.data.batches import BatchStream, Prefetcher, to_float
+from transferops.data.batches import BalancedBatchStream, BatchStream, Prefetcher, to_float
 from transferops.data.shards import Split
 from transferops.errors import CheckpointError, TrainingError
 from transferops.models.inference import accuracy, autocast
@@ -118,6 +118,8 @@ class TrainRun:
         epoch_end: callback(model, epoch) -> extra per-epoch metrics (e.g. a label-free selection criterion),
             logged and kept in the history with the others.
         select_on: the per-epoch metric the best epoch maximises (``val_accuracy``, or one ``epoch_end`` adds).
+        balanced_streams: streams drawn class-balanced (:class:`~transferops.data.batches.BalancedBatchStream`),
+            e.g. ``("labeled",)`` under ``finetune.class_balance: sampler``.
     """
 
     seed: int
@@ -130,6 +132,7 @@ class TrainRun:
     dist: Distributed = SINGLE
     epoch_end: Callable[[nn.Module, int], dict[str, float]] | None = None
     select_on: str = "val_accuracy"
+    balanced_streams: tuple[str, ...] = ()
 
 
 FAULT_ENV = "TRANSFEROPS_FAULT_KILL_AT"
@@ -467,8 +470,9 @@ def train(
     so a method that needs one fails with a message naming it.
     """
     dist = run.dist
+    kinds = {name: BalancedBatchStream for name in run.balanced_streams}
     streams = {
-        name: BatchStream(split, cfg.batch_size, run.seed, stream=i, rank=dist.rank, world=dist.world)
+        name: kinds.get(name, BatchStream)(split, cfg.batch_size, run.seed, stream=i, rank=dist.rank, world=dist.world)
         for i, (name, split) in enumerate(data.items())
         if len(split) > 0
     }

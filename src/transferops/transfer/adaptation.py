@@ -64,7 +64,7 @@ class Adaptation(Strategy):
         term, logs = self.align(fs, ft, ls, lt, progress)
         loss = ce + self.cfg.trade_off * term
         logs = {"ce_source": ce.detach(), **logs, "target_entropy": mean_entropy(lt).detach()}
-        ce_t = labeled_target_term(self.ce, model, fl, batches, logs)
+        ce_t = labeled_target_term(self.target_ce, model, fl, batches, logs)
         if ce_t is not None:
             loss = loss + self.cfg.target_weight * ce_t
         return loss, logs

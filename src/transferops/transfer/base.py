@@ -62,6 +62,9 @@ class Strategy:
         self.cfg = cfg or MethodConfig()
         self.label_smoothing = label_smoothing
         self.extra = nn.ModuleDict()
+        self.class_weight: torch.Tensor | None = None
+        """Per-class weights of the labelled *target* cross-entropy (``finetune.class_balance: weighted``);
+        ``None``: unweighted. Set by the finetune stage once it knows the labelled split's class counts."""
 
     # -- 1. preparation
     def prepare(self, model: TransferNet, ctx: TransferContext) -> None:
@@ -102,11 +105,18 @@ class Strategy:
         """Loss for one step and its logged parts (detached tensors: the loop reads them from the device once
         per logging window, not every step); ``progress`` runs from 0 to 1 over the whole run."""
         x, y = batches["labeled"]
-        ce = self.ce(model(x), y)
+        ce = self.target_ce(model(x), y)
         return ce, {"ce": ce.detach()}
 
     def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Unweighted cross-entropy (source labels, pseudo-labels)."""
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+
+    def target_ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on labelled target images, weighted by :attr:`class_weight` when it is set (the
+        weighted mean: ``sum_i w_{y_i} CE_i / sum_i w_{y_i}``, PyTorch's convention)."""
+        weight = None if self.class_weight is None else self.class_weight.to(logits.device, logits.dtype)
+        return F.cross_entropy(logits, y, weight=weight, label_smoothing=self.label_smoothing)
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}

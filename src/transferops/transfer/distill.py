@@ -52,7 +52,7 @@ class KnowledgeDistillation(Strategy):
         logits = model(torch.cat(xs))
         with torch.no_grad():
             teacher = self.teacher(torch.cat(xs))
-        ce = self.ce(logits[: len(y)], y)
+        ce = self.target_ce(logits[: len(y)], y)
         kd = kd_loss(logits, teacher, self.cfg.temperature)
         return ce + self.cfg.alpha * kd, {"ce": ce.detach(), "kd": kd.detach()}
 
@@ -79,7 +79,7 @@ class Joint(Strategy):
         fs = model.dropout(source_features(model, xs))  # one pass per domain: BatchNorm never mixes them
         (ft,) = target_features(model, xt)
         head_s = self.extra["source_head"] if "source_head" in self.extra else model.head
-        lt = self.ce(model.head(model.dropout(ft)), yt)
+        lt = self.target_ce(model.head(model.dropout(ft)), yt)
         ls = self.ce(head_s(fs), ys)
         a = self.cfg.alpha
         return a * ls + (1 - a) * lt, {"ce_target": lt.detach(), "ce_source": ls.detach()}

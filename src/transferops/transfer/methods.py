@@ -141,6 +141,6 @@ class L2SP(Strategy):
 
     def loss(self, model: TransferNet, batches: dict[str, Batch], progress: float):
         x, y = batches["labeled"]
-        ce = self.ce(model(x), y)
+        ce = self.target_ce(model(x), y)
         sp, new = self.penalty()
         return ce + sp + new, {"ce": ce.detach(), "l2sp": sp.detach(), "l2_new": torch.as_tensor(new).detach()}

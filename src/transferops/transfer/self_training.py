@@ -90,7 +90,7 @@ class SHOT(Strategy):
         ce_pseudo = F.cross_entropy(logits, pseudo)
         loss = ent - self.cfg.diversity_weight * div + self.cfg.pseudo_label_weight * ce_pseudo
         logs = {"target_entropy": ent.detach(), "diversity": div.detach(), "ce_pseudo": ce_pseudo.detach()}
-        ce_t = labeled_target_term(self.ce, model, fl, batches, logs)
+        ce_t = labeled_target_term(self.target_ce, model, fl, batches, logs)
         if ce_t is not None:
             loss = loss + self.cfg.target_weight * ce_t
         return loss, logs
@@ -120,7 +120,7 @@ class FixMatch(Strategy):
         xs = self.strong_view(xu, progress)
         logits = model(torch.cat([xl, xu, xs]))  # one domain: labelled, weak and strong target views together
         ll, lw, ls = logits.split([len(xl), len(xu), len(xs)])
-        ce = self.ce(ll, yl)
+        ce = self.target_ce(ll, yl)
         conf, pseudo = F.softmax(lw.detach().float(), 1).max(1)
         mask = (conf >= self.cfg.threshold).float()
         unlabeled = (F.cross_entropy(ls.float(), pseudo, reduction="none") * mask).mean()
