@@ -313,8 +313,10 @@ def test_discriminator_norm_decides_whether_an_example_is_judged_by_the_rest_of_
     strategy = get_strategy("dann", DANNConfig(hidden=16))
     strategy.prepare(create_model("smallcnn", 3, width=8), ctx())
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in strategy.modules()["discriminator"].modules())
-    with pytest.raises(ConfigError, match="discriminator_norm"):
-        DANNConfig(discriminator_norm="layer")
+    from transferops.config import config_from_dict
+
+    with pytest.raises(ConfigError, match=r"finetune\.dann\.discriminator_norm: expected one of none, batch"):
+        config_from_dict({}, ["finetune.dann.discriminator_norm=layer"])  # refused when params are read
 
 
 def test_source_data_is_read_only_by_methods_that_declare_it():
