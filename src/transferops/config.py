@@ -509,9 +509,10 @@ class AutoConfig:
     """``finetune.method: auto``: a small budgeted search, selected on the labelled target val split (k > 0)."""
 
     candidates: list[str] = field(default_factory=lambda: ["full_finetune", "fixmatch", "l2sp", "mcc"])
-    """Methods tried, the first being the default the others must beat (ties and near-ties go to it). A
-    candidate the data rules out (a new class set for a domain-adaptation method, no unlabelled images for
-    FixMatch) is skipped and said so."""
+    """Methods tried. The recipe's method for the data (FixMatch with an unlabelled pool, else
+    ``full_finetune``) is tried first, added if missing: it is the default the others must beat (ties and
+    near-ties go to it). A candidate the data rules out (a new class set for a domain-adaptation method, no
+    unlabelled images for FixMatch) is skipped and said so."""
     epochs: int = 2
     """Epochs each candidate trains in the search (the finetune budget otherwise); the winner is then trained
     with the full budget."""

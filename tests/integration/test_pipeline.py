@@ -20,6 +20,8 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # ~35 s of subprocesses; `run --direct`, the registry and predict by alias are also in
+# tests/integration/test_runtimes.py and tests/services/test_mlflow_server.py, which make test runs
 def test_cli_pipeline_registers_a_champion_that_reproduces_its_accuracy(tiny_params, tmp_path):
     import mlflow
     import mlflow.pytorch

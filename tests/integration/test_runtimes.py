@@ -128,6 +128,24 @@ def test_the_three_runtimes_run_the_declared_stages_and_agree_on_the_metrics(run
         assert direct[key] == dvc[key] == kfp[key], key
 
 
+def test_every_file_a_dvc_stage_writes_is_declared_in_the_graph(runs):
+    """What a stage writes but the graph does not declare is neither cached nor ignored by DVC: a new user's
+    ``git status`` shows it, and ``dvc repro`` cannot restore it. ``run.json`` (run id, seconds) is git-ignored
+    on purpose; register is not a cached stage."""
+    declared = [f.path for s in graph.GRAPH for f in s.files]
+    root = runs.direct / "artifacts"
+    written = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    undeclared = [
+        f
+        for f in written
+        if not any(f == d or f.startswith(d + "/") for d in declared)
+        and not f.endswith("/run.json")
+        and not f.startswith("register/")
+    ]
+    assert undeclared == []
+    assert any(f.startswith("evaluate/review/saliency_") for f in written)
+
+
 def test_the_kfp_local_run_registers_the_champion_it_evaluated(runs):
     import mlflow
 

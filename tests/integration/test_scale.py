@@ -22,6 +22,7 @@ def test_throughput_times_the_trainer_and_the_bare_step_on_shards(size):
     assert r["ratio"] == pytest.approx(r["trainer_img_s"] / r["bare_step_img_s"], rel=0.01)
 
 
+@pytest.mark.slow  # a benchmark's own check (~10 s); the sharded data path is tested in tests/unit/test_data.py
 def test_data_benchmark_ingests_and_trains_one_epoch_and_reports_memory(tmp_path):
     r = data(images=120, size=40, workers=1, width=4, keep=tmp_path / "work")
     assert r["images"] == 120 and r["image_size"] == 40

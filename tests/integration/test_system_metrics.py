@@ -16,7 +16,12 @@ def test_a_tracked_pretrain_run_records_system_metrics_when_on(tiny_cfg, monkeyp
     import mlflow
 
     monkeypatch.delenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", raising=False)  # the tracker sets it
-    cfg = replace(tiny_cfg, mlflow=replace(tiny_cfg.mlflow, system_metrics=True, system_metrics_interval=0.2))
+    interval = 0.1
+    cfg = replace(
+        tiny_cfg,
+        mlflow=replace(tiny_cfg.mlflow, system_metrics=True, system_metrics_interval=interval),
+        pretrain=replace(tiny_cfg.pretrain, epochs=tiny_cfg.pretrain.epochs * 4),  # long enough to sample twice
+    )
     tracker = MlflowTracker(cfg.mlflow)
     ingest.run(cfg, tracker)
     pretrain.run(cfg, tracker)
@@ -27,8 +32,8 @@ def test_a_tracked_pretrain_run_records_system_metrics_when_on(tiny_cfg, monkeyp
     system = {k: v for k, v in trained.items() if k.startswith("system/")}
     assert 0.0 <= system["system/cpu_utilization_percentage"] <= 100.0
     assert system["system/system_memory_usage_megabytes"] > 10.0  # a Python process with torch uses far more
-    history = client.get_metric_history(
-        _run_of(client, cfg, "pretrain").info.run_id, "system/cpu_utilization_percentage"
-    )
+    info = _run_of(client, cfg, "pretrain").info
+    history = client.get_metric_history(info.run_id, "system/cpu_utilization_percentage")
+    assert (info.end_time - info.start_time) / 1000 > 6 * interval  # the run outlasts several sampling intervals
     assert len(history) >= 2  # sampled through the run, not once at its end
     assert not [k for k in _run_of(client, cfg, "ingest").data.metrics if k.startswith("system/")]

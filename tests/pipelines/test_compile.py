@@ -1,6 +1,7 @@
 """The compiled IR YAML: DAG edges, node pools, retries, caching and parameter defaults from params.yaml."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def test_parameters_default_from_params_json(tmp_path):
     shutil.copy(REPO / "params.yaml", params)
     text = params.read_text()
     params.write_text(
-        text.replace("method: full_finetune   #", "method: mcc             #")
+        re.sub(r"^  method: \w+", "  method: mcc", text, count=1, flags=re.M)
         .replace("  seed: 0", "  seed: 7")
         .replace('cpu_limit: "8"', 'cpu_limit: "12"')
         .replace("node_selector: {}     # e.g.", "node_selector: {pool: gpu-spot}     # e.g.")

@@ -61,7 +61,7 @@ def test_pipeline_registry_workflow_against_server_and_s3(tiny_params, tmp_path,
     stages = {
         r.data.tags["transferops.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
     }
-    assert set(stages) == {"ingest", "pretrain", "finetune", "evaluate", "register"}
+    assert set(stages) == {"ingest", "pretrain", "finetune", "baseline", "evaluate", "register"}
     assert stages["evaluate"].data.metrics["accuracy"] == pytest.approx(metrics["accuracy"])
     history = client.get_metric_history(stages["finetune"].info.run_id, "val_accuracy")
     assert {m.step for m in history if m.step > 0} == set(range(1, cfg.finetune.epochs + 1))  # one per epoch

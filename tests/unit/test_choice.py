@@ -71,6 +71,17 @@ def test_pick_keeps_the_default_within_the_margin_and_breaks_ties_to_the_earlier
     assert pick({"full_finetune": 0.90, "fixmatch": 0.86}, 0.02) == "full_finetune"
 
 
+def test_the_search_tries_the_recipes_method_first_so_near_ties_keep_it():
+    from transferops.stages.finetune import pick, search_order
+
+    order = search_order(["full_finetune", "fixmatch", "l2sp"], "fixmatch")
+    assert order == ["fixmatch", "full_finetune", "l2sp"]
+    assert search_order(["l2sp", "mcc"], "full_finetune") == ["full_finetune", "l2sp", "mcc"]  # added when absent
+    # one val image apart after a short search: the recipe's method stays, whatever order params lists
+    scores = dict(zip(order, (0.20, 0.22, 0.21), strict=True))
+    assert pick(scores, 0.02) == "fixmatch"
+
+
 def _new_classes(tmp_path: Path, tiny_params: Path, *overrides: str):
     """A 3-class target whose classes the digit source does not have (a new head), with an unlabelled pool."""
     rng = np.random.default_rng(0)
@@ -118,9 +129,9 @@ def test_auto_scores_every_candidate_on_val_skips_what_cannot_run_and_trains_the
     )
     search = metrics["auto"]
     assert set(search["scores"]) == {"full_finetune", "fixmatch"} and "classes differ" in search["skipped"]["mcc"]
-    assert search["n_val"] == 6 and search["default"] == "full_finetune"
+    assert search["n_val"] == 6 and search["default"] == "fixmatch"  # the recipe's method, tried first
     assert all(round(s * 6) == pytest.approx(s * 6) for s in search["scores"].values())  # k of 6 val images
     assert search["spread"] == pytest.approx(max(search["scores"].values()) - min(search["scores"].values()))
     ff, fm = search["scores"]["full_finetune"], search["scores"]["fixmatch"]
-    assert metrics["method"] == search["winner"] == ("fixmatch" if fm > ff + 0.02 else "full_finetune")
+    assert metrics["method"] == search["winner"] == ("full_finetune" if ff > fm + 0.02 else "fixmatch")
     assert evaluated["method"] == metrics["method"] and evaluated["method_chosen_by"] == "auto"

@@ -220,10 +220,11 @@ def search_method(cfg: Config, facts: TargetFacts, target: dict, *, device: torc
     """``finetune.method: auto``: train each of ``finetune.auto.candidates`` for ``auto.epochs`` from the source
     model and score it on the labelled target **val** split (never the test split).
 
-    Selection noise: with a few val images per class one image moves the score by 1/n_val, so the first
-    candidate (the default) is kept unless another beats it by more than ``auto.min_margin``; among the others
-    ties go to the earlier candidate. Every candidate's score is logged (``auto_val_accuracy_<method>``) and
-    returned with the skipped ones, the spread of the scores and each score's binomial standard error.
+    Selection noise: with a few val images per class one image moves the score by 1/n_val, so the default, the
+    recipe's method for this data (:func:`search_order`), is kept unless another candidate beats it by more than
+    ``auto.min_margin``; among the others ties go to the earlier candidate. Every candidate's score is logged
+    (``auto_val_accuracy_<method>``) and returned with the skipped ones, the spread of the scores and each score's
+    binomial standard error.
     """
     auto, paths = cfg.finetune.auto, Paths.from_config(cfg)
     n_val = target["splits"]["val"]["count"]
@@ -235,7 +236,7 @@ def search_method(cfg: Config, facts: TargetFacts, target: dict, *, device: torc
     budget = replace(cfg.finetune, epochs=auto.epochs, select="val")
     scores: dict[str, float] = {}
     skipped: dict[str, str] = {}
-    for method in auto.candidates:
+    for method in search_order(auto.candidates, resolve_recipe(facts).method):
         strategy = get_strategy(method, cfg.finetune.settings(method), cfg.finetune.label_smoothing)
         why = _cannot_run(strategy, facts, paths)
         if why is None:
@@ -284,6 +285,13 @@ def search_method(cfg: Config, facts: TargetFacts, target: dict, *, device: torc
         f"{n_val} val images)"
     )
     return Choice(winner, AUTO, reason, search)
+
+
+def search_order(candidates: list[str], recipe_method: str) -> list[str]:
+    """The candidates with the recipe's method first: it is the default a search must beat, so that when a
+    short search cannot tell the methods apart (a spread of one val image) the user gets what ``recipe``
+    would have given, not whichever method happens to be listed first."""
+    return [recipe_method, *(m for m in candidates if m != recipe_method)]
 
 
 def pick(scores: dict[str, float], min_margin: float) -> str:

@@ -184,6 +184,7 @@ GRAPH: tuple[Stage, ...] = (
             Output("evaluate/calibration.csv", "plot", cache=False, plot={"x": "confidence", "y": "accuracy"}),
             Output("evaluate/confusion_matrix.png", "plot", cache=False),
             Output("evaluate/reliability.png", "plot", cache=False),
+            Output("evaluate/review"),  # the reviewer's panels: saliency, most-confused pairs (review.json)
         ),
         pool="gpu",
     ),
