@@ -56,7 +56,7 @@ def dvc_repo(tmp_path: Path, tracking_uri: str) -> tuple[Path, dict[str, str]]:
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in ("dvc.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO / name, repo)
     shutil.copytree(REPO / "bin", repo / "bin")
     shutil.copytree(
