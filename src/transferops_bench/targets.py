@@ -217,11 +217,11 @@ def variant_config(cfg: Config, variant: str) -> Config:
 def _scores(model_path: Path, test) -> tuple[float, float]:
     """Accuracy and balanced accuracy of the checkpoint at ``model_path`` on ``test``."""
     from transferops.evaluation.metrics import balanced_accuracy
-    from transferops.models.inference import predict
+    from transferops.models.inference import predict_proba
     from transferops.models.io import load_model
 
     model, _ = load_model(model_path)
-    preds = predict(model, test).argmax(1)
+    preds = predict_proba(model, test).argmax(1)
     return float((preds == test.labels).mean()), balanced_accuracy(test.labels, preds)
 
 
