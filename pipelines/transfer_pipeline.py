@@ -31,6 +31,7 @@ from kfp import compiler, dsl, kubernetes
 from components import stages as c
 from components.image import IMAGE
 from transferops.config import apply_overrides, config_from_dict, read_params
+from transferops.errors import PipelinesApiError
 from transferops.kubeflow.launch import Launch, launch_for
 from transferops.kubeflow.settings import KfpConfig, NodePoolConfig, kfp_from_dict
 from transferops.stages import graph
@@ -234,9 +235,29 @@ def submit_pipeline(host: str, pipeline, experiment: str = "transferops", run_na
     with tempfile.TemporaryDirectory() as tmp:
         package = Path(tmp) / "pipeline.yaml"
         compiler.Compiler().compile(pipeline, str(package))
-        return _client(host).create_run_from_pipeline_package(
-            str(package), arguments={}, run_name=run_name, experiment_name=experiment
-        )
+        with _kfp_api(host, "submit"):
+            return _client(host).create_run_from_pipeline_package(
+                str(package), arguments={}, run_name=run_name, experiment_name=experiment
+            )
+
+
+@contextlib.contextmanager
+def _kfp_api(host: str, action: str):
+    """Turn the KFP client's connection and HTTP failures into one line naming the host: the client raises
+    urllib3's MaxRetryError (with the whole retry chain) from its constructor's health check when nothing
+    answers, and kfp_server_api's ApiException (with the response headers) when the server refuses."""
+    from kfp_server_api.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except ApiException as exc:
+        raise PipelinesApiError(
+            f"pipeline {action}: the KFP API at {host} refused the request: HTTP {exc.status} {exc.reason}"
+        ) from None
+    except (HTTPError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise PipelinesApiError(f"pipeline {action}: cannot reach the KFP API at {host} ({reason})") from None
 
 
 def _client(host: str, namespace: str | None = None):
@@ -256,9 +277,10 @@ def submit(
     """Compile (``overrides`` applied) and start one run on a KFP server."""
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(params_path, Path(tmp) / "pipeline.yaml", overrides)
-        return _client(host).create_run_from_pipeline_package(
-            str(package), arguments=arguments or {}, run_name=run_name, experiment_name=experiment
-        )
+        with _kfp_api(host, "submit"):
+            return _client(host).create_run_from_pipeline_package(
+                str(package), arguments=arguments or {}, run_name=run_name, experiment_name=experiment
+            )
 
 
 def schedule(
@@ -273,19 +295,20 @@ def schedule(
     """Create a recurring run (6-field cron, max concurrency and catch-up from ``kfp:``), compiled with
     ``overrides`` applied."""
     _, kfp = resolve(params_path, overrides)
-    client = _client(host)
-    exp = client.create_experiment(name=experiment)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(params_path, Path(tmp) / "pipeline.yaml", overrides)
-        return client.create_recurring_run(
-            experiment_id=exp.experiment_id,
-            job_name=job_name,
-            cron_expression=cron or kfp.cron,
-            max_concurrency=kfp.max_concurrency,
-            no_catchup=not kfp.catchup,
-            pipeline_package_path=str(package),
-            params=arguments or {},
-        )
+        with _kfp_api(host, "schedule"):
+            client = _client(host)
+            exp = client.create_experiment(name=experiment)
+            return client.create_recurring_run(
+                experiment_id=exp.experiment_id,
+                job_name=job_name,
+                cron_expression=cron or kfp.cron,
+                max_concurrency=kfp.max_concurrency,
+                no_catchup=not kfp.catchup,
+                pipeline_package_path=str(package),
+                params=arguments or {},
+            )
 
 
 transfer_pipeline = build_pipeline() if DEFAULT_PARAMS.is_file() else None

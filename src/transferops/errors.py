@@ -25,6 +25,10 @@ class TrackingError(TransferopsError):
     """The MLflow server or registry is unreachable or refused a request."""
 
 
+class PipelinesApiError(TransferopsError):
+    """The Kubeflow Pipelines API is unreachable or refused a request; the message names the host."""
+
+
 class GateError(TransferopsError):
     """The registry refuses a candidate: it belongs to another task than the registered model name."""
 

@@ -99,3 +99,47 @@ def test_schedule_sends_a_six_field_cron_with_concurrency_one_and_no_catchup(kfp
     custom = ["pipeline", "schedule", "--host", host, "--params", str(REPO / "params.yaml"), "--cron", "0 30 2 * * 1"]
     assert main(custom) == 0
     assert _posts(requests, "/apis/v2beta1/recurringruns")[-1]["trigger"]["cron_schedule"]["cron"] == "0 30 2 * * 1"
+
+
+class RefusingKfp(FakeKfp):
+    """Answers the health check, then refuses every write as an API without the caller's permissions would."""
+
+    def do_POST(self):  # noqa: N802
+        self._record()
+        self.send_response(403, "Forbidden")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("action", ["submit", "schedule"])
+def test_an_unreachable_kfp_api_is_one_line_naming_the_host(action, capsys):
+    from transferops.cli import main
+
+    host = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    assert main(["pipeline", action, "--host", host, "--params", str(REPO / "params.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"pipeline {action}: cannot reach the KFP API at {host}" in err and "refused" in err.lower()
+
+
+def test_a_kfp_api_that_refuses_the_run_is_one_line_with_the_status(capsys):
+    from transferops.cli import main
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RefusingKfp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert main(["pipeline", "submit", "--host", host, "--params", str(REPO / "params.yaml")]) == 2
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err.strip()
+    expected = f"error: pipeline submit: the KFP API at {host} refused the request: HTTP 403 Forbidden"
+    assert err.splitlines() == [expected]
