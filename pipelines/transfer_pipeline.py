@@ -245,12 +245,20 @@ def submit_pipeline(host: str, pipeline, experiment: str = "transferops", run_na
 def _kfp_api(host: str, action: str):
     """Turn the KFP client's connection and HTTP failures into one line naming the host: the client raises
     urllib3's MaxRetryError (with the whole retry chain) from its constructor's health check when nothing
-    answers, and kfp_server_api's ApiException (with the response headers) when the server refuses."""
+    answers, and kfp_server_api's ApiException (with the response headers) when the server refuses. The
+    client's version FutureWarning and urllib3's per-retry warnings are held back meanwhile."""
+    import warnings
+
     from kfp_server_api.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
+    retries = logging.getLogger("urllib3.connectionpool")
+    level = retries.level
+    retries.setLevel(logging.ERROR)  # one warning per retry of the health check, the error below says it once
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "This client only works with", FutureWarning)
+            yield
     except ApiException as exc:
         raise PipelinesApiError(
             f"pipeline {action}: the KFP API at {host} refused the request: HTTP {exc.status} {exc.reason}"
@@ -258,6 +266,8 @@ def _kfp_api(host: str, action: str):
     except (HTTPError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise PipelinesApiError(f"pipeline {action}: cannot reach the KFP API at {host} ({reason})") from None
+    finally:
+        retries.setLevel(level)
 
 
 def _client(host: str, namespace: str | None = None):
