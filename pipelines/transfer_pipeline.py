@@ -231,14 +231,19 @@ def run_local_pipeline(pipeline, pipeline_root: Path, cache: bool = False):
 
 
 def submit_pipeline(host: str, pipeline, experiment: str = "transferops", run_name: str | None = None):
-    """Compile a built pipeline function and start one run of it on a KFP server."""
+    """Compile a built pipeline function (the sweep DAG) and start one run of it on a KFP server."""
     with tempfile.TemporaryDirectory() as tmp:
         package = Path(tmp) / "pipeline.yaml"
         compiler.Compiler().compile(pipeline, str(package))
-        with _kfp_api(host, "submit"):
-            return _client(host).create_run_from_pipeline_package(
-                str(package), arguments={}, run_name=run_name, experiment_name=experiment
-            )
+        return _start_run(host, package, "sweep submit", {}, run_name, experiment)
+
+
+def _start_run(host: str, package: Path, action: str, arguments: dict, run_name: str | None, experiment: str):
+    """One run of a compiled package on the KFP server at ``host``; failures are one line naming ``action``."""
+    with _kfp_api(host, action):
+        return _client(host).create_run_from_pipeline_package(
+            str(package), arguments=arguments, run_name=run_name, experiment_name=experiment
+        )
 
 
 @contextlib.contextmanager
@@ -261,11 +266,11 @@ def _kfp_api(host: str, action: str):
             yield
     except ApiException as exc:
         raise PipelinesApiError(
-            f"pipeline {action}: the KFP API at {host} refused the request: HTTP {exc.status} {exc.reason}"
+            f"{action}: the KFP API at {host} refused the request: HTTP {exc.status} {exc.reason}"
         ) from None
     except (HTTPError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise PipelinesApiError(f"pipeline {action}: cannot reach the KFP API at {host} ({reason})") from None
+        raise PipelinesApiError(f"{action}: cannot reach the KFP API at {host} ({reason})") from None
     finally:
         retries.setLevel(level)
 
@@ -287,10 +292,7 @@ def submit(
     """Compile (``overrides`` applied) and start one run on a KFP server."""
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(params_path, Path(tmp) / "pipeline.yaml", overrides)
-        with _kfp_api(host, "submit"):
-            return _client(host).create_run_from_pipeline_package(
-                str(package), arguments=arguments or {}, run_name=run_name, experiment_name=experiment
-            )
+        return _start_run(host, package, "pipeline submit", arguments or {}, run_name, experiment)
 
 
 def schedule(
@@ -307,7 +309,7 @@ def schedule(
     _, kfp = resolve(params_path, overrides)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(params_path, Path(tmp) / "pipeline.yaml", overrides)
-        with _kfp_api(host, "schedule"):
+        with _kfp_api(host, "pipeline schedule"):
             client = _client(host)
             exp = client.create_experiment(name=experiment)
             return client.create_recurring_run(

@@ -146,3 +146,13 @@ def test_a_kfp_api_that_refuses_the_run_is_one_line_with_the_status(capsys):
     err = capsys.readouterr().err.strip()
     expected = f"error: pipeline submit: the KFP API at {host} refused the request: HTTP 403 Forbidden"
     assert err.splitlines() == [expected]
+
+
+def test_a_kubeflow_sweep_to_an_unreachable_kfp_api_is_one_line(capsys):
+    from transferops.cli import main
+
+    host = f"http://127.0.0.1:{_free_port()}"
+    argv = ["sweep", "--grid", "finetune.lr=0.001,0.01", "--engine", "kubeflow", "--host", host]
+    assert main([*argv, "--params", str(REPO / "params.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: sweep submit: cannot reach the KFP API at {host}")
