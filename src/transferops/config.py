@@ -599,7 +599,8 @@ class EvaluateConfig:
     ece_bins: int = 15
     """Equal-width confidence bins of the expected calibration error and the reliability diagram."""
     from_scratch_baseline: bool = True
-    """Train the same architecture on the labelled target only, with the finetune budget."""
+    """Train the same architecture on the labelled target only, for the finetune budget, learning as pretrain does
+    (its learning rate, optimiser, weight decay, label smoothing and augmentation: stages/baseline.py)."""
     source_only_baseline: bool = True
     """Score the source model with its source head (only when both domains share their class names)."""
     tta: Literal["none", "flip", "crops"] = "none"

@@ -49,6 +49,7 @@ def test_dvc_yaml_declares_what_the_graph_says():
     assert list(stages) == list(graph.NAMES)
     assert stages["baseline"]["params"].count("finetune.method") == 0  # a new method keeps the baseline
     assert "finetune.epochs" in stages["baseline"]["params"] and "pretrain.lr" in stages["baseline"]["params"]
+    assert "pretrain.augment" in stages["baseline"]["params"] and "finetune.augment" not in stages["baseline"]["params"]
     assert "artifacts/pretrain/model.pt" not in stages["baseline"]["deps"]
     assert {"always_changed"} <= set(stages["schedule"]) and {"always_changed"} <= set(stages["register"])
     for name in graph.NAMES:
@@ -92,6 +93,7 @@ def test_the_cli_has_one_subcommand_per_stage_with_restart_where_resumable():
     [
         ([["finetune.method=dann"], ["finetune.method=mcc"]], ("finetune", "evaluate")),
         ([["finetune.epochs=1"], ["finetune.epochs=2"]], ("finetune", "baseline", "evaluate")),
+        ([["finetune.augment=none"], ["finetune.augment=affine"]], ("finetune", "evaluate")),  # not the baseline
         ([["evaluate.ece_bins=10"]], ("evaluate",)),
     ],
 )

@@ -3,9 +3,10 @@
 Transfer has to beat it: ``evaluate`` scores it on the target test split as ``from_scratch_accuracy`` and
 reports ``transfer_gain`` against it. It is a stage of its own, not part of evaluate, so that it is trained
 once per target, architecture, budget and seed: changing ``finetune.method`` (or sweeping it) leaves it as it
-is. Its budget is finetune's (epochs, steps, batch, augmentation: :data:`~transferops.stages.graph.BASELINE_BUDGET`)
-with pretrain's learning rate, since no weights are being preserved, and it keeps the epoch with the best target
-val accuracy.
+is. It trains for finetune's budget (epochs, steps, batch, schedule) the way pretrain trains a model from random
+weights: pretrain's learning rate, optimiser, weight decay, label smoothing and augmentation
+(:data:`~transferops.stages.graph.BASELINE_BUDGET`), since no weights are being preserved and a weak baseline
+would flatter every transfer method. It keeps the epoch with the best target val accuracy.
 
 Outputs (``artifacts/baseline``): ``model.pt``, ``metrics.json``, ``history.json``, ``result.json``; with no
 labelled target image (k = 0) or ``evaluate.from_scratch_baseline: false``, only ``result.json`` saying why.
@@ -23,6 +24,7 @@ from transferops.models import model_from_config
 from transferops.paths import Paths
 from transferops.stages.common import StageResult, staged_output, start_stage, write_json, write_trained_model
 from transferops.stages.finetune import fit_on_target
+from transferops.stages.graph import BASELINE_FROM_PRETRAIN
 from transferops.stages.rank import applied_model
 from transferops.tracking import NullTracker
 from transferops.transfer import Strategy
@@ -45,7 +47,8 @@ def run(cfg: Config, tracker: NullTracker | None = None) -> StageResult:
         return result
     arch = applied_model(cfg)  # what pretrain builds (the ranking's winner with rank.apply), fresh weights
     model = model_from_config(replace(arch, weights="none"), len(manifest["classes"]), manifest["image_shape"][0])
-    budget = replace(cfg.finetune, lr=cfg.pretrain.lr, select="val")
+    learning = {key: getattr(cfg.pretrain, key) for key in BASELINE_FROM_PRETRAIN}
+    budget = replace(cfg.finetune, **learning, select="val")
     lin = lineage(cfg, target_version=manifest["version"], architecture=arch.name, seed=cfg.base.seed)
     with tracker.stage_run("baseline", cfg, {"transferops.target_version": manifest["version"]}):
         fit = fit_on_target(

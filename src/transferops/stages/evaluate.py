@@ -2,8 +2,8 @@
 
 - ``source_only_accuracy``: the pretrained model with its source head, no target labels (null when the two
   domains' class sets differ);
-- ``from_scratch_accuracy``: the model the ``baseline`` stage trained on the labelled target only, same budget
-  (null when there is none: k = 0 or ``evaluate.from_scratch_baseline: false``);
+- ``from_scratch_accuracy``: the model the ``baseline`` stage trained on the labelled target only, finetune's
+  budget, pretrain's way of learning (null when there is none: k = 0 or ``evaluate.from_scratch_baseline: false``);
 - ``transfer_gain`` = accuracy - from_scratch_accuracy;
 - ``negative_transfer``: a sentence when the transferred model is worse than the source model as is, else null
   (:func:`transfer_guard`: target val accuracy at k > 0, a label-free collapse check at k = 0).
