@@ -26,7 +26,7 @@ from transferops.tracking import NullTracker
 from transferops.training import distributed
 from transferops.training.distributed import SINGLE, Distributed
 from transferops.training.loop import FitResult, TrainRun, load_resume_state, train
-from transferops.training.seeding import resolve_device
+from transferops.training.seeding import resolve_device, rng_preserved
 from transferops.transfer import Strategy, TransferContext, get_strategy
 from transferops.transfer.choice import AUTO, CHOOSERS, Choice, TargetFacts, resolve_recipe
 
@@ -240,19 +240,20 @@ def search_method(cfg: Config, facts: TargetFacts, target: dict, *, device: torc
         strategy = get_strategy(method, cfg.finetune.settings(method), cfg.finetune.label_smoothing)
         why = _cannot_run(strategy, facts, paths)
         if why is None:
-            model, _ = load_model(paths.source_model)
             try:
-                fit = fit_on_target(
-                    cfg,
-                    model,
-                    strategy,
-                    budget,
-                    same_classes=facts.same_classes,
-                    desc=f"auto {method}",
-                    device=device,
-                    class_balance=cfg.finetune.class_balance,
-                    monitor=False,
-                )
+                with rng_preserved():  # every candidate starts from the same draws, whatever its place in the list
+                    model, _ = load_model(paths.source_model)
+                    fit = fit_on_target(
+                        cfg,
+                        model,
+                        strategy,
+                        budget,
+                        same_classes=facts.same_classes,
+                        desc=f"auto {method}",
+                        device=device,
+                        class_balance=cfg.finetune.class_balance,
+                        monitor=False,
+                    )
                 scores[method] = fit.best_val_accuracy
             except ConfigError as exc:  # e.g. domain adaptation on a new class set
                 why = str(exc)
@@ -332,7 +333,8 @@ def run(
     saved = load_resume_state(store, finetune_hash(cfg, target), restart)
     tags = {"transferops.method_choice": cfg.finetune.method}
     with tracker.stage_run("finetune", cfg, tags, resume_run_id=saved and saved.get("tracking_run_id")):
-        choice = choose_method(cfg, target, source_ckpt["classes"], device=device, log_metrics=tracker.log_metrics)
+        with rng_preserved():  # auto's search leaves the final training the draws `method: <winner>` gets
+            choice = choose_method(cfg, target, source_ckpt["classes"], device=device, log_metrics=tracker.log_metrics)
         strategy = get_strategy(choice.method, cfg.finetune.settings(choice.method), cfg.finetune.label_smoothing)
         tracker.set_tags({"transferops.method": strategy.name, "transferops.method_reason": choice.reason})
         lin = lineage(

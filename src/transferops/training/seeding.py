@@ -4,6 +4,8 @@ the exact random streams of the run it replaces."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -52,6 +54,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Run the block, then put every global RNG back where it was: work done on the side (``finetune.method:
+    auto`` training its candidates) must not shift the random draws (a new head's initialisation, dropout) of
+    what comes after, so that choosing a method gives the model training that method directly gives."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def resolve_device(name: str) -> torch.device:
