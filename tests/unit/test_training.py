@@ -175,3 +175,24 @@ def test_state_location_is_keyed_by_run_and_stage(monkeypatch):
     assert state_location("", "artifacts", "finetune") == "artifacts/state/finetune/state.pt"
     monkeypatch.setenv("TRANSFEROPS_RUN_KEY", "run 7/a")
     assert state_location("s3://b/p/", "artifacts", "pretrain") == "s3://b/p/run-7-a/pretrain/state.pt"
+
+
+def _fit_on_three_val_images(cfg):
+    seed_everything(0)
+    model = create_model("smallcnn", 3, width=8, dropout=0.2)
+    data, val = random_split(48, 3), random_split(3, 3, seed=1)  # one image per class: epochs tie
+    return train(model, Strategy(), cfg, {"labeled": data}, val, TrainRun(0, CPU))
+
+
+def test_a_val_tie_keeps_the_later_epoch_and_is_no_improvement_for_early_stopping():
+    fit = _fit_on_three_val_images(TrainConfig(epochs=5, steps_per_epoch=6, batch_size=8, lr=1e-2))
+    accs = [h["val_accuracy"] for h in fit.history]
+    assert accs.count(max(accs)) >= 2, accs  # the case under test happened
+    assert fit.best_epoch == max(i + 1 for i, a in enumerate(accs) if a == max(accs))
+
+    stopped = _fit_on_three_val_images(
+        TrainConfig(epochs=8, steps_per_epoch=6, batch_size=8, lr=1e-2, early_stopping_patience=2)
+    )
+    accs = [h["val_accuracy"] for h in stopped.history]
+    first_best = accs.index(max(accs)) + 1
+    assert len(accs) == min(8, first_best + 2), accs  # ties after the best do not reset the patience
