@@ -38,9 +38,10 @@ def _run(cfg, *stages) -> None:
 def test_a_letters_model_cannot_take_champion_from_a_digits_model(tiny_cfg, tmp_path):
     import mlflow
 
-    # the tiny model's INT8 export gives fp32's class on ~96 % of its test images: ship it at 95 % to check
-    # that what predict runs is what was checked (the refusal and its card are in tests/unit/test_quantize.py)
-    digits = replace(tiny_cfg, register=replace(tiny_cfg.register, int8_min_agreement=0.95))
+    # the tiny model's INT8 export gives fp32's class on 95-96 % of its test images (it moves with the tiny
+    # model's training): ship it at 90 % to check that what predict runs is what was checked (the refusal and its
+    # card are in tests/unit/test_quantize.py)
+    digits = replace(tiny_cfg, register=replace(tiny_cfg.register, int8_min_agreement=0.90))
     _run(digits, ingest, pretrain, finetune)
     evaluate.run(digits, MlflowTracker(digits.mlflow))
     register.run(digits, MlflowTracker(digits.mlflow))
